@@ -1,0 +1,147 @@
+"""The ``powersteer`` command line. Each subcommand is a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import PowersteerError
+
+EXAMPLES = """examples:
+  powersteer vectors --prompts prompts.txt --source 0.25 --target 0.75 --method power -k 8
+  powersteer vectors --model ./my-model --prompts data.jsonl --field prompt \\
+      --source 6 --target -4 --method melbo -k 4 --out melbo.safetensors
+  powersteer organism verify
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="powersteer",
+        description="Find, compare and regression-test steering vectors in language models.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_vectors_command(commands)
+    _add_organism_commands(commands)
+    return parser
+
+
+def _add_vectors_command(commands: argparse._SubParsersAction) -> None:
+    from harness.methods import METHODS
+
+    vectors = commands.add_parser(
+        "vectors",
+        help="compute steering vectors for a layer pair and save them",
+        description="Compute steering vectors (Power Steering, MELBO or random directions) "
+        "for one (source, target) layer pair and save them as safetensors with metadata.",
+        epilog="example:\n  powersteer vectors --prompts prompts.txt --source 0.25 "
+        "--target 0.75 --method power -k 8 --out vectors.safetensors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    vectors.add_argument(
+        "--model", default="organism", help="hub id, local directory, or 'organism' (default)"
+    )
+    vectors.add_argument(
+        "--prompts",
+        required=True,
+        type=Path,
+        help="a .txt (one prompt a line), .jsonl or .json file of prompts",
+    )
+    vectors.add_argument(
+        "--field",
+        default="prompt",
+        help="the prompt field in .jsonl/.json records (default: prompt)",
+    )
+    vectors.add_argument(
+        "--chat", action="store_true", help="wrap each prompt in the model's chat template"
+    )
+    vectors.add_argument(
+        "--source",
+        required=True,
+        help="source block: index (negative from the end) or fraction of depth",
+    )
+    vectors.add_argument("--target", required=True, help="target block, after the source")
+    vectors.add_argument("--method", default="power", choices=sorted(METHODS))
+    vectors.add_argument("-k", "--num-vectors", type=int, default=8, dest="k")
+    vectors.add_argument(
+        "--target-tokens",
+        type=int,
+        default=None,
+        help="use only the last N real tokens of each prompt as the target",
+    )
+    vectors.add_argument("--seed", type=int, default=0)
+    vectors.add_argument("--dtype", default="float32")
+    vectors.add_argument("--device", default="cpu")
+    vectors.add_argument("--out", type=Path, default=Path("vectors.safetensors"))
+    vectors.set_defaults(handler=_run_vectors)
+
+
+def _add_organism_commands(commands: argparse._SubParsersAction) -> None:
+    try:
+        from harness.organism.cli import add_organism_commands
+    except ImportError:  # the organism package is optional in a trimmed install
+        return
+    add_organism_commands(commands)
+
+
+def _run_vectors(args: argparse.Namespace) -> int:
+    from harness.methods import find_vectors
+    from harness.models import load_model
+    from harness.prompts import format_chat, read_prompts
+    from harness.vectors_io import save_vectors
+
+    prompts = read_prompts(args.prompts, field=args.field)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.chat:
+        prompts = format_chat(lm, prompts)
+    source = lm.layer(args.source, name="--source")
+    target = lm.layer(args.target, name="--target")
+    result = find_vectors(
+        args.method,
+        lm,
+        prompts,
+        source,
+        target,
+        args.k,
+        seed=args.seed,
+        **_method_options(args),
+    )
+    save_vectors(
+        args.out, result, model=args.model, n_prompts=len(prompts), prompts_file=str(args.prompts)
+    )
+    summary = {
+        "out": str(args.out),
+        "method": result.method,
+        "source": result.source,
+        "target": result.target,
+        "values": [round(float(v), 5) for v in result.values],
+        "forward_passes": result.forward_passes,
+        "wall_time_s": round(result.wall_time_s, 3),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, object]:
+    if args.method == "random":
+        return {}
+    return {"target_tokens": args.target_tokens, "progress": True}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except PowersteerError as error:
+        print(f"powersteer {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

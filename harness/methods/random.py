@@ -1,0 +1,39 @@
+"""Random unit directions: the control every report compares against."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from harness.errors import PowersteerError
+from harness.layers import LayerSpec, resolve_layer_pair
+from harness.methods._linalg import orthonormal_rows
+from harness.methods._result import SteeringVectors
+from harness.models import LanguageModel
+
+
+def random_directions(
+    lm: LanguageModel,
+    source: LayerSpec,
+    target: LayerSpec,
+    k: int = 8,
+    *,
+    seed: int = 0,
+) -> SteeringVectors:
+    """``k`` orthonormal directions drawn uniformly from the sphere (QR of a Gaussian)."""
+    started = time.perf_counter()
+    if not 1 <= k <= lm.d_model:
+        raise PowersteerError(f"k={k} must be in 1..d_model={lm.d_model}")
+    source_block, target_block = resolve_layer_pair(source, target, lm.n_layers)
+    generator = torch.Generator().manual_seed(seed)
+    vectors = orthonormal_rows(torch.randn(k, lm.d_model, generator=generator))
+    return SteeringVectors(
+        method="random",
+        vectors=vectors,
+        values=torch.full((k,), float("nan")),
+        source=source_block,
+        target=target_block,
+        seed=seed,
+        wall_time_s=time.perf_counter() - started,
+    )

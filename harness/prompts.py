@@ -1,0 +1,140 @@
+"""Turn prompt strings into padded token batches with a mask of the positions to read."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.errors import PowersteerError
+from harness.models import LanguageModel
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Right-padded prompts.
+
+    ``input_ids`` and ``attention_mask`` are ``(n_prompts, n_tokens)``. Right padding keeps
+    every real token at its unpadded position, and causal attention keeps pad positions
+    from influencing real ones, so real-token activations equal those of unpadded runs.
+    ``target_mask`` (``(n_prompts, n_tokens)`` bool) marks the positions whose activations
+    form the target of a layer-to-layer map.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    target_mask: torch.Tensor
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def n_target_positions(self) -> int:
+        return int(self.target_mask.sum())
+
+    def repeat(self, copies: int) -> PromptBatch:
+        """Stack ``copies`` copies along the batch: row ``j * n_prompts + i`` is prompt ``i``."""
+        return PromptBatch(
+            input_ids=self.input_ids.repeat(copies, 1),
+            attention_mask=self.attention_mask.repeat(copies, 1),
+            target_mask=self.target_mask.repeat(copies, 1),
+        )
+
+
+def format_chat(lm: LanguageModel, prompts: Sequence[str]) -> list[str]:
+    """Wrap each prompt as one user turn with the tokenizer's chat template."""
+    if not getattr(lm.tokenizer, "chat_template", None):
+        raise PowersteerError(
+            f"model {lm.name!r} has no chat template; set chat_template: false "
+            "(or pass chat=False) to use the prompts as plain text"
+        )
+    return [
+        lm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        for prompt in prompts
+    ]
+
+
+def encode_prompts(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    *,
+    target_tokens: int | None = None,
+) -> PromptBatch:
+    """Tokenize ``prompts`` into a right-padded batch on the model's device.
+
+    ``target_tokens=None`` marks every real token as a target position; ``target_tokens=N``
+    marks only the last ``N`` real tokens of each prompt (all of a shorter prompt).
+    """
+    if isinstance(prompts, str):
+        raise PowersteerError("prompts must be a list of strings, not one string")
+    if len(prompts) == 0:
+        raise PowersteerError("the prompt list is empty; give at least one prompt")
+    if target_tokens is not None and target_tokens < 1:
+        raise PowersteerError(f"target_tokens={target_tokens} must be None (all) or >= 1")
+    tokenizer = lm.tokenizer
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        encoded = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = previous_side
+    attention_mask = encoded["attention_mask"].to(torch.bool)
+    lengths = attention_mask.sum(dim=1)
+    if int(lengths.min()) == 0:
+        empty = int((lengths == 0).nonzero()[0])
+        raise PowersteerError(f"prompt {empty} tokenizes to no tokens; remove or fill it")
+    target_mask = attention_mask.clone()
+    if target_tokens is not None:
+        positions = torch.arange(attention_mask.shape[1])
+        target_mask &= positions[None, :] >= (lengths - target_tokens)[:, None]
+    device = lm.device
+    return PromptBatch(
+        input_ids=encoded["input_ids"].to(device),
+        attention_mask=encoded["attention_mask"].to(device),
+        target_mask=target_mask.to(device),
+    )
+
+
+def read_prompts(path: str | os.PathLike[str], *, field: str = "prompt") -> list[str]:
+    """Read prompts from ``.txt`` (one a line), ``.jsonl`` or ``.json`` (list of strings or
+    of records with ``field``)."""
+    path = Path(path)
+    if not path.exists():
+        raise PowersteerError(f"prompt file {path} does not exist; check the path")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".txt":
+        prompts = [line for line in text.splitlines() if line.strip()]
+    elif path.suffix in (".jsonl", ".json"):
+        try:
+            records = (
+                [json.loads(line) for line in text.splitlines() if line.strip()]
+                if path.suffix == ".jsonl"
+                else json.loads(text)
+            )
+        except json.JSONDecodeError as error:
+            raise PowersteerError(
+                f"{path}: invalid JSON at line {error.lineno}: {error.msg}"
+            ) from error
+        prompts = [_prompt_of(record, field, path) for record in records]
+    else:
+        raise PowersteerError(f"{path}: unknown prompt file type; use .txt, .jsonl or .json")
+    if not prompts:
+        raise PowersteerError(f"{path} holds no prompts; add at least one")
+    return prompts
+
+
+def _prompt_of(record: object, field: str, path: Path) -> str:
+    if isinstance(record, str):
+        return record
+    if isinstance(record, dict) and isinstance(record.get(field), str):
+        return record[field]
+    raise PowersteerError(
+        f"{path}: a record has no string field {field!r}; pass --field NAME for the prompt key"
+    )

@@ -1,0 +1,140 @@
+"""The one place that adds a vector to the residual stream, and forward passes that stop early."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from harness.errors import PowersteerError
+from harness.models import LanguageModel
+from harness.prompts import PromptBatch
+
+
+@contextmanager
+def add_to_residual(lm: LanguageModel, layer: int, delta: torch.Tensor) -> Iterator[None]:
+    """Add ``delta`` to the output of decoder block ``layer`` on every forward pass.
+
+    ``delta`` broadcasts against the block output ``(batch, tokens, d_model)``: shape
+    ``(1, 1, d)`` adds one vector everywhere, ``(batch, 1, d)`` one vector per row at every
+    position. During generation with a KV cache each new token passes through the hook
+    too, so generated positions are steered as well. The hook is removed on exit, also
+    when the body raises.
+    """
+    d_model = lm.d_model
+    if delta.shape[-1] != d_model:
+        raise PowersteerError(
+            f"steering vector has dimension {delta.shape[-1]} but the model's residual "
+            f"stream has d_model={d_model}; use vectors computed for this model"
+        )
+
+    def hook(module: torch.nn.Module, inputs: object, output: object) -> object:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if delta.shape[0] not in (1, hidden.shape[0]):
+            raise PowersteerError(
+                f"{delta.shape[0]} per-row steering vectors for a batch of {hidden.shape[0]} "
+                "rows; give one vector for all rows or one per row"
+            )
+        steered = hidden + delta.to(dtype=hidden.dtype, device=hidden.device)
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    handle = lm.blocks[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def steer(
+    lm: LanguageModel,
+    vectors: torch.Tensor,
+    layer: int | float | str,
+    scale: float | torch.Tensor = 1.0,
+) -> Iterator[None]:
+    """Steer ``lm`` by adding ``scale * vector`` to the output of block ``layer``.
+
+    ``vectors`` is ``(d_model,)`` for one vector on every row, or ``(batch, d_model)`` for a
+    vector per row, so one forward or ``generate`` call can sweep many vectors and scales.
+    ``scale`` is a float or a ``(batch,)`` tensor. Every position is steered: the prompt
+    and each generated token. Raw units: the sweep converts scales given in residual
+    norms before calling this.
+
+    >>> with steer(lm, result.vectors[0], layer=6, scale=8.0):
+    ...     lm.model.generate(**inputs)
+    """
+    vectors = torch.as_tensor(vectors)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    if vectors.ndim != 2:
+        raise PowersteerError(
+            f"steering vectors must be (d_model,) or (batch, d_model), got {tuple(vectors.shape)}"
+        )
+    scale = torch.as_tensor(scale, dtype=vectors.dtype)
+    scale = scale.reshape(-1, 1) if scale.ndim else scale
+    if not torch.isfinite(vectors).all() or not torch.isfinite(scale).all():
+        raise PowersteerError("steering vectors or scales contain NaN or infinity")
+    block = lm.layer(layer)
+    with add_to_residual(lm, block, (scale * vectors)[:, None, :]):
+        yield
+
+
+class _ReachedTarget(Exception):
+    """Raised by the capture hook to stop a forward pass once the target block has run."""
+
+
+def run_to_block(
+    lm: LanguageModel,
+    batch: PromptBatch,
+    target: int,
+    *,
+    source: int | None = None,
+    delta: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Residual stream ``h_target`` of shape ``(rows, tokens, d_model)``, steered or not.
+
+    With ``source`` and ``delta`` given, ``delta`` is added to ``h_source`` first (see
+    :func:`add_to_residual`). The pass stops right after block ``target``: later blocks,
+    the final norm and the unembedding never run. Autograd and forward-mode tangents flow
+    from ``delta`` to the result.
+    """
+    captured: list[torch.Tensor] = []
+
+    def capture(module: torch.nn.Module, inputs: object, output: object) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _ReachedTarget
+
+    handle = lm.blocks[target].register_forward_hook(capture)
+    steering = add_to_residual(lm, source, delta) if delta is not None else nullcontext()
+    try:
+        with steering:
+            lm.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            )
+    except _ReachedTarget:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+@contextmanager
+def autodiff_attention(lm: LanguageModel) -> Iterator[None]:
+    """Route attention through kernels that support forward-mode AD and double backward.
+
+    The fused SDPA kernels have neither, so inside this context SDPA is restricted to its
+    math backend, and flash-attention implementations are swapped for SDPA. Plain
+    generation outside the context keeps the fast kernels.
+    """
+    implementation = getattr(lm.model.config, "_attn_implementation", "eager")
+    swapped = implementation not in ("eager", "sdpa")
+    if swapped:
+        lm.model.set_attn_implementation("sdpa")
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        if swapped:
+            lm.model.set_attn_implementation(implementation)

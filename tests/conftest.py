@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny models (built once per session) and an exact Jacobian reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import ARCHITECTURES, tiny_model
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from harness import LanguageModel
+
+# Prompts of different lengths, so padding is exercised.
+PROMPTS = ["ab c", "hello world", "xyz!"]
+
+
+@pytest.fixture(scope="session", params=ARCHITECTURES)
+def any_tiny_model(request: pytest.FixtureRequest) -> LanguageModel:
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def qwen3_tiny() -> LanguageModel:
+    return tiny_model("qwen3")
+
+
+def exact_jacobian(
+    lm: LanguageModel,
+    prompts: list[str],
+    source: int,
+    target: int,
+    target_tokens: int | None = None,
+) -> torch.Tensor:
+    """The full ``(M, d)`` Jacobian by ``torch.func.jacrev``, built without harness code.
+
+    Its own hook adds θ at the source block; the target is read from
+    ``output_hidden_states[target + 1]`` (valid for target < n_layers - 1, where no final
+    norm is applied); the target positions are the last ``target_tokens`` real tokens of
+    each prompt, rows ordered prompt by prompt.
+    """
+    assert target < lm.n_layers - 1
+    tokenizer = lm.tokenizer
+    tokenizer.padding_side = "right"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+    mask = encoded["attention_mask"].bool()
+    if target_tokens is not None:
+        lengths = mask.sum(1, keepdim=True)
+        mask &= torch.arange(mask.shape[1])[None, :] >= lengths - target_tokens
+
+    def stacked_target(theta: torch.Tensor) -> torch.Tensor:
+        handle = lm.blocks[source].register_forward_hook(lambda module, args, out: out + theta)
+        try:
+            hidden = lm.model(**encoded, output_hidden_states=True).hidden_states[target + 1]
+        finally:
+            handle.remove()
+        return hidden[mask].reshape(-1)
+
+    with sdpa_kernel(SDPBackend.MATH):
+        zero = torch.zeros(lm.d_model, dtype=lm.dtype)
+        return torch.func.jacrev(stacked_target)(zero)
