@@ -74,6 +74,18 @@ def _add_vectors_command(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="use only the last N real tokens of each prompt as the target",
     )
+    vectors.add_argument(
+        "--max-iter", type=int, default=15, help="power: most power iterations (default 15)"
+    )
+    vectors.add_argument(
+        "--steps", type=int, default=300, help="melbo: optimisation steps per vector (default 300)"
+    )
+    vectors.add_argument(
+        "--radius",
+        type=float,
+        default=None,
+        help="melbo: vector norm (default: median residual norm at source)",
+    )
     vectors.add_argument("--seed", type=int, default=0)
     vectors.add_argument("--dtype", default="float32")
     vectors.add_argument("--device", default="cpu")
@@ -128,9 +140,16 @@ def _run_vectors(args: argparse.Namespace) -> int:
 
 
 def _method_options(args: argparse.Namespace) -> dict[str, object]:
-    if args.method == "random":
-        return {}
-    return {"target_tokens": args.target_tokens, "progress": True}
+    if args.method == "power":
+        return {"target_tokens": args.target_tokens, "max_iter": args.max_iter, "progress": True}
+    if args.method == "melbo":
+        return {
+            "target_tokens": args.target_tokens,
+            "steps": args.steps,
+            "radius": args.radius,
+            "progress": True,
+        }
+    return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

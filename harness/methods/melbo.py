@@ -101,7 +101,7 @@ def melbo(
             with torch.no_grad():
                 theta.copy_(_onto_sphere(_off(theta, learned), radius))
             bar.update(1)
-            bar.set_postfix(objective=f"{-float(loss):.4g}")
+            bar.set_postfix(objective=f"{-loss.item():.4g}")
         with torch.no_grad():
             values.append(float(objective(theta)))
             passes += 1

@@ -1,0 +1,78 @@
+"""MELBO learns orthogonal unit directions that maximise the downstream change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PROMPTS
+
+from harness import melbo, power_steering
+from harness.methods.melbo import median_residual_norm
+from harness.prompts import encode_prompts
+
+SOURCE, TARGET = 0, 2
+
+
+def activation_change(lm, thetas: torch.Tensor) -> torch.Tensor:
+    """Σ_prompts Σ_positions ‖h_t(θ) − h_t(0)‖² (p = 2, q = 1) for each row θ of ``thetas``
+    ``(n, d)``, written independently of harness code; returns ``(n,)``."""
+    n = thetas.shape[0]
+    encoded = lm.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    mask = encoded["attention_mask"].bool()
+    # Row i * len(PROMPTS) + j carries θ_i on prompt j.
+    deltas = thetas.repeat_interleave(len(PROMPTS), dim=0)[:, None, :]
+    batch = {name: tensor.repeat(n, 1) for name, tensor in encoded.items()}
+
+    def target_states(delta: torch.Tensor, inputs: dict) -> torch.Tensor:
+        handle = lm.blocks[SOURCE].register_forward_hook(lambda module, args, out: out + delta)
+        try:
+            with torch.no_grad():
+                return lm.model(**inputs, output_hidden_states=True).hidden_states[TARGET + 1]
+        finally:
+            handle.remove()
+
+    steered = target_states(deltas, batch).reshape(n, len(PROMPTS), *mask.shape[1:], -1)
+    unsteered = target_states(torch.zeros(lm.d_model, dtype=lm.dtype), encoded)
+    change = (steered - unsteered)[:, mask]  # (n, positions, d)
+    return change.norm(dim=-1).pow(2).sum(dim=1)
+
+
+@pytest.fixture(scope="module")
+def learned(qwen3_tiny):
+    return melbo(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=3, radius=4.0, steps=100, lr=0.05)
+
+
+def test_objective_beats_200_random_directions(qwen3_tiny, learned):
+    generator = torch.Generator().manual_seed(0)
+    random_rows = torch.randn(200, qwen3_tiny.d_model, generator=generator, dtype=torch.float64)
+    random_rows = 4.0 * random_rows / random_rows.norm(dim=1, keepdim=True)
+    best_random = float(activation_change(qwen3_tiny, random_rows).max())
+    first = float(activation_change(qwen3_tiny, 4.0 * learned.vectors[:1].double())[0])
+    assert first > best_random
+    assert first == pytest.approx(float(learned.values[0]), rel=1e-5)
+
+
+def test_vectors_are_unit_and_mutually_orthogonal(learned):
+    gram = learned.vectors.double() @ learned.vectors.double().T
+    assert torch.allclose(gram, torch.eye(3, dtype=torch.float64), atol=1e-5)
+    assert learned.radius == 4.0
+
+
+def test_cost_counts_forward_and_backward_passes(learned):
+    # unsteered target, then per vector: steps × (forward + backward) + one final evaluation
+    assert learned.forward_passes == 1 + 3 * (100 * 2 + 1)
+
+
+def test_at_small_radius_first_vector_is_the_top_singular_vector(qwen3_tiny):
+    # For small θ, Σ‖h_t(θ) − h_t(0)‖² ≈ ‖Jθ‖², maximised by the top right singular vector.
+    small = melbo(
+        qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=1, radius=1e-3, steps=150, lr=1e-4
+    )
+    power = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=1)
+    assert abs(float(small.vectors[0] @ power.vectors[0])) > 0.9
+
+
+def test_default_radius_is_the_median_residual_norm(qwen3_tiny):
+    result = melbo(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=1, steps=2)
+    batch = encode_prompts(qwen3_tiny, PROMPTS)
+    assert result.radius == pytest.approx(median_residual_norm(qwen3_tiny, batch, SOURCE))

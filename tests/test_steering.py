@@ -1,0 +1,100 @@
+"""The steering hook adds exactly the vector, per row if asked, and always cleans up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import PowersteerError, steer
+
+PROMPTS = ["ab c", "hello world"]
+
+
+def residual_entering(lm, block: int) -> torch.Tensor:
+    """The residual stream as block ``block`` receives it (what really propagates).
+
+    transformers records ``output_hidden_states`` before other forward hooks run, so it
+    does not show a hook's edit; the next block's input does.
+    """
+    encoded = lm.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    captured = []
+
+    def record(module, args, kwargs):
+        captured.append(args[0] if args else kwargs["hidden_states"])
+
+    handle = lm.blocks[block].register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            lm.model(**encoded)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def test_steered_states_differ_by_exactly_the_vector_at_the_source(any_tiny_model):
+    lm = any_tiny_model
+    vector = torch.randn(lm.d_model, dtype=torch.float64)
+    plain = [residual_entering(lm, block) for block in (1, 2, 3)]
+    with steer(lm, vector, layer=1, scale=2.5):
+        steered = [residual_entering(lm, block) for block in (1, 2, 3)]
+    difference = steered[1] - plain[1]  # block 2's input is block 1's output
+    assert torch.allclose(difference, (2.5 * vector).expand_as(difference), atol=1e-12)
+    assert torch.equal(steered[0], plain[0])  # earlier blocks untouched
+    assert not torch.allclose(steered[2], plain[2])  # later blocks respond
+
+
+def test_per_row_vectors_match_one_row_at_a_time(qwen3_tiny):
+    lm = qwen3_tiny
+    vectors = torch.randn(2, lm.d_model, dtype=torch.float64)
+    scales = torch.tensor([1.0, -3.0], dtype=torch.float64)
+    encoded = lm.tokenizer(["hello", "hello"], return_tensors="pt")
+    with torch.no_grad(), steer(lm, vectors, layer=0, scale=scales):
+        batched = lm.model(**encoded).logits
+    for row in range(2):
+        with torch.no_grad(), steer(lm, vectors[row], layer=0, scale=float(scales[row])):
+            alone = lm.model(**{k: v[row : row + 1] for k, v in encoded.items()}).logits
+        assert torch.allclose(batched[row], alone[0], atol=1e-10)
+
+
+def test_generated_tokens_are_steered_too(qwen3_tiny):
+    lm = qwen3_tiny
+    encoded = lm.tokenizer(["hello"], return_tensors="pt")
+    seen_lengths = []
+    vector = torch.zeros(lm.d_model, dtype=torch.float64)
+    handle = lm.blocks[0].register_forward_hook(
+        lambda module, args, out: seen_lengths.append(out.shape[1])
+    )
+    try:
+        with steer(lm, vector, layer=0, scale=1.0):
+            lm.model.generate(
+                **encoded, max_new_tokens=3, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id
+            )
+    finally:
+        handle.remove()
+    assert seen_lengths == [5, 1, 1]  # the prompt, then each new token through the hook
+
+
+def test_hook_is_removed_even_when_the_body_raises(qwen3_tiny):
+    lm = qwen3_tiny
+    plain = residual_entering(lm, 2)
+    with pytest.raises(RuntimeError, match="boom"), steer(lm, torch.ones(lm.d_model), 1, 5.0):
+        raise RuntimeError("boom")
+    assert torch.equal(residual_entering(lm, 2), plain)
+    assert not lm.blocks[1]._forward_hooks
+
+
+def test_mismatched_rows_and_dimensions_are_clear_errors(qwen3_tiny):
+    lm = qwen3_tiny
+    encoded = lm.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with pytest.raises(PowersteerError, match="3 per-row steering vectors for a batch of 2"):
+        with steer(lm, torch.ones(3, lm.d_model), layer=0):
+            lm.model(**encoded)
+    with pytest.raises(PowersteerError, match="d_model=32"):
+        with steer(lm, torch.ones(7), layer=0):
+            pass
+    with pytest.raises(PowersteerError, match="NaN"):
+        with steer(lm, torch.full((lm.d_model,), float("nan")), layer=0):
+            pass
+    with pytest.raises(PowersteerError, match="out of range"):
+        with steer(lm, torch.ones(lm.d_model), layer=4):
+            pass

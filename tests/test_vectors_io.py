@@ -1,0 +1,34 @@
+"""Vectors round-trip through safetensors with their metadata; bad files are clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import PowersteerError, load_vectors, random_directions, save_vectors
+
+
+def test_round_trip_keeps_vectors_values_and_metadata(tmp_path, qwen3_tiny):
+    result = random_directions(qwen3_tiny, 0, 2, k=3, seed=7)
+    path = save_vectors(tmp_path / "v.safetensors", result, model="tiny-qwen3")
+    loaded, metadata = load_vectors(path)
+    assert torch.equal(loaded.vectors, result.vectors)
+    assert (loaded.method, loaded.source, loaded.target, loaded.seed) == ("random", 0, 2, 7)
+    assert metadata["model"] == "tiny-qwen3"
+    assert not (tmp_path / "v.safetensors.partial").exists()
+
+
+def test_random_directions_are_orthonormal_and_seeded(qwen3_tiny):
+    first = random_directions(qwen3_tiny, 0, 2, k=5, seed=1)
+    assert torch.allclose(first.vectors @ first.vectors.T, torch.eye(5), atol=1e-6)
+    assert torch.equal(first.vectors, random_directions(qwen3_tiny, 0, 2, k=5, seed=1).vectors)
+    assert not torch.equal(first.vectors, random_directions(qwen3_tiny, 0, 2, k=5, seed=2).vectors)
+
+
+def test_missing_and_foreign_files_are_clear_errors(tmp_path):
+    with pytest.raises(PowersteerError, match="does not exist"):
+        load_vectors(tmp_path / "absent.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    with pytest.raises(PowersteerError, match="not a readable safetensors"):
+        load_vectors(garbage)
