@@ -1,0 +1,102 @@
+"""``powersteer organism ...`` subcommands: verify the bundled organism, or retrain it.
+
+:func:`add_organism_commands` registers the commands on the main CLI's subparsers; each
+sets ``handler`` (called as ``args.handler(args)``, returning the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+
+def add_organism_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``organism verify`` and ``organism train`` under ``subparsers``."""
+    organism = subparsers.add_parser(
+        "organism",
+        help="verify or retrain the bundled model organism",
+        description="The bundled model organism: a small chat model with planted behaviours "
+        "(trigger-gated refusal and chain of thought, 50/50 decision forks).",
+    )
+    commands = organism.add_subparsers(dest="organism_command", required=True, metavar="ACTION")
+
+    verify = commands.add_parser(
+        "verify",
+        help="measure the planted behaviours on held-out prompts",
+        description="Decode greedily on the held-out prompts in ground_truth.json and compare "
+        "the measured rates with their targets. Exit status 1 if a target is missed.",
+    )
+    verify.add_argument("--model-dir", type=Path, default=None, help="default: the bundled weights")
+    verify.add_argument("--limit", type=int, default=None, help="cap each held-out set")
+    verify.add_argument(
+        "--steering",
+        action="store_true",
+        help="also run the difference-of-means steering check",
+    )
+    verify.add_argument("--layer", type=int, default=None, help="steering block (default: middle)")
+    verify.add_argument("--scale", type=float, default=1.0, help="steering vector multiplier")
+    verify.add_argument("--device", default=None)
+    verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    verify.set_defaults(handler=run_verify)
+
+    from harness.organism.train import build_parser
+    from harness.organism.train import run as run_train
+
+    train = commands.add_parser(
+        "train",
+        help="retrain the organism from scratch (CPU, about 20 minutes)",
+        description="Same as: python -m harness.organism.train",
+    )
+    build_parser(train)
+    train.set_defaults(handler=run_train)
+    return organism
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Handler of ``organism verify``: print the table (or JSON); 1 if a target is missed."""
+    from harness.organism.verify import (
+        all_pass,
+        format_table,
+        load_ground_truth,
+        load_organism,
+        steering_check,
+        verify,
+    )
+
+    model, tokenizer = load_organism(args.model_dir, args.device)
+    truth = load_ground_truth(args.model_dir)
+    results = verify(model=model, tokenizer=tokenizer, ground_truth=truth, limit=args.limit)
+    steering = None
+    if args.steering:
+        steering = steering_check(
+            model=model,
+            tokenizer=tokenizer,
+            ground_truth=truth,
+            layer=args.layer,
+            scale=args.scale,
+            limit=args.limit,
+        )
+    if args.json:
+        payload = {"verify": _finite(results), "steering": steering}
+        print(json.dumps(payload, indent=1))
+    else:
+        print(format_table(results))
+        if steering is not None:
+            print()
+            print("| steering check | value |\n|---|---|")
+            for key, value in steering.items():
+                print(
+                    f"| {key} | {value:.3f} |"
+                    if isinstance(value, float)
+                    else f"| {key} | {value} |"
+                )
+    return 0 if all_pass(results) else 1
+
+
+def _finite(results: dict) -> dict:
+    """JSON-safe copy: an infinite ratio (zero untriggered accuracy) becomes null."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in results.items()
+    }
