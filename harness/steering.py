@@ -21,7 +21,7 @@ def add_to_residual(lm: LanguageModel, layer: int, delta: torch.Tensor) -> Itera
     ``(1, 1, d)`` adds one vector everywhere, ``(batch, 1, d)`` one vector per row at every
     position. During generation with a KV cache each new token passes through the hook
     too, so generated positions are steered as well. The hook is removed on exit, also
-    when the body raises.
+    when the body raises. ``output_hidden_states[layer + 1]`` shows the steered residual.
     """
     d_model = lm.d_model
     if delta.shape[-1] != d_model:
@@ -40,7 +40,9 @@ def add_to_residual(lm: LanguageModel, layer: int, delta: torch.Tensor) -> Itera
         steered = hidden + delta.to(dtype=hidden.dtype, device=hidden.device)
         return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
-    handle = lm.blocks[layer].register_forward_hook(hook)
+    # Prepended so the edit happens before any other hook on the block sees its output:
+    # transformers' own output-capturing hook then records the steered residual too.
+    handle = lm.blocks[layer].register_forward_hook(hook, prepend=True)
     try:
         yield
     finally:

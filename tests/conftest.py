@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from tiny_models import ARCHITECTURES, tiny_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness import LanguageModel
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each xdist worker gets a core; more threads per worker only oversubscribe the CPU.
+    torch.set_num_threads(1)
 
 # Prompts of different lengths, so padding is exercised.
 PROMPTS = ["ab c", "hello world", "xyz!"]

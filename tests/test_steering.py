@@ -11,11 +11,7 @@ PROMPTS = ["ab c", "hello world"]
 
 
 def residual_entering(lm, block: int) -> torch.Tensor:
-    """The residual stream as block ``block`` receives it (what really propagates).
-
-    transformers records ``output_hidden_states`` before other forward hooks run, so it
-    does not show a hook's edit; the next block's input does.
-    """
+    """The residual stream as block ``block`` receives it: what really propagates."""
     encoded = lm.tokenizer(PROMPTS, return_tensors="pt", padding=True)
     captured = []
 
@@ -41,6 +37,18 @@ def test_steered_states_differ_by_exactly_the_vector_at_the_source(any_tiny_mode
     assert torch.allclose(difference, (2.5 * vector).expand_as(difference), atol=1e-12)
     assert torch.equal(steered[0], plain[0])  # earlier blocks untouched
     assert not torch.allclose(steered[2], plain[2])  # later blocks respond
+
+
+def test_output_hidden_states_show_the_steered_residual(qwen3_tiny):
+    lm = qwen3_tiny
+    encoded = lm.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    vector = torch.randn(lm.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        plain = lm.model(**encoded, output_hidden_states=True).hidden_states
+        with steer(lm, vector, layer=1, scale=-1.5):
+            steered = lm.model(**encoded, output_hidden_states=True).hidden_states
+    difference = steered[2] - plain[2]
+    assert torch.allclose(difference, (-1.5 * vector).expand_as(difference), atol=1e-12)
 
 
 def test_per_row_vectors_match_one_row_at_a_time(qwen3_tiny):
@@ -77,10 +85,11 @@ def test_generated_tokens_are_steered_too(qwen3_tiny):
 def test_hook_is_removed_even_when_the_body_raises(qwen3_tiny):
     lm = qwen3_tiny
     plain = residual_entering(lm, 2)
+    hooks_before = dict(lm.blocks[1]._forward_hooks)  # transformers keeps hooks of its own
     with pytest.raises(RuntimeError, match="boom"), steer(lm, torch.ones(lm.d_model), 1, 5.0):
         raise RuntimeError("boom")
     assert torch.equal(residual_entering(lm, 2), plain)
-    assert not lm.blocks[1]._forward_hooks
+    assert dict(lm.blocks[1]._forward_hooks) == hooks_before
 
 
 def test_mismatched_rows_and_dimensions_are_clear_errors(qwen3_tiny):
