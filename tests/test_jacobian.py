@@ -82,8 +82,13 @@ def test_operator_refuses_wrong_shapes(qwen3_tiny):
 
 @pytest.mark.parametrize(
     ("source", "target", "message"),
-    [(0, 0, "not after source"), (3, 1, "not after source"), (0, 9, "out of range"),
-     (-9, 2, "out of range"), (0, 1.5, "outside")],
+    [
+        (0, 0, "not after source"),
+        (3, 1, "not after source"),
+        (0, 9, "out of range"),
+        (-9, 2, "out of range"),
+        (0, 1.5, "outside"),
+    ],
 )
 def test_bad_layers_get_one_clear_error(qwen3_tiny, source, target, message):
     with pytest.raises(PowersteerError, match=message):
