@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -84,7 +84,7 @@ def steer(
 
 
 class _ReachedTarget(Exception):
-    """Raised by the capture hook to stop a forward pass once the target block has run."""
+    """Raised by the capture hook to stop a forward pass once the last target block has run."""
 
 
 def run_to_block(
@@ -102,24 +102,43 @@ def run_to_block(
     the final norm and the unembedding never run. Autograd and forward-mode tangents flow
     from ``delta`` to the result.
     """
-    captured: list[torch.Tensor] = []
+    deltas = {source: delta} if delta is not None and source is not None else {}
+    return run_to_blocks(lm, batch, [target], deltas)[target]
 
-    def capture(module: torch.nn.Module, inputs: object, output: object) -> None:
-        captured.append(output[0] if isinstance(output, tuple) else output)
-        raise _ReachedTarget
 
-    handle = lm.blocks[target].register_forward_hook(capture)
-    steering = add_to_residual(lm, source, delta) if delta is not None else nullcontext()
+def run_to_blocks(
+    lm: LanguageModel,
+    batch: PromptBatch,
+    targets: Sequence[int],
+    deltas: Mapping[int, torch.Tensor] | None = None,
+) -> dict[int, torch.Tensor]:
+    """Residual streams ``{t: h_t}`` for several blocks from one pass, with ``deltas[s]``
+    added to ``h_s`` for each source ``s``; stops after the last target block."""
+    captured: dict[int, torch.Tensor] = {}
+    last = max(targets)
+
+    def capture_hook(block: int) -> Callable[..., None]:
+        def capture(module: torch.nn.Module, inputs: object, output: object) -> None:
+            captured[block] = output[0] if isinstance(output, tuple) else output
+            if block == last:
+                raise _ReachedTarget
+
+        return capture
+
+    handles = [lm.blocks[t].register_forward_hook(capture_hook(t)) for t in set(targets)]
     try:
-        with steering:
+        with ExitStack() as steering:
+            for source, delta in (deltas or {}).items():
+                steering.enter_context(add_to_residual(lm, source, delta))
             lm.model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
             )
     except _ReachedTarget:
         pass
     finally:
-        handle.remove()
-    return captured[0]
+        for handle in handles:
+            handle.remove()
+    return captured
 
 
 @contextmanager

@@ -83,7 +83,7 @@ def power_steering(
     for iteration in bar:
         images = jacobian.jvp(basis)
         _check_finite(images, "J V")
-        values, ritz = _rayleigh_ritz(basis, images)
+        values, ritz = rayleigh_ritz(basis, images)
         top = ritz[:k]
         if previous_top is not None:
             change = largest_principal_angle(previous_top, top)
@@ -123,7 +123,7 @@ def power_steering(
     )
 
 
-def _rayleigh_ritz(basis: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rayleigh_ritz(basis: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Ritz values and vectors of ``JᵀJ`` on the span of ``basis`` ``(b, d)``.
 
     ``images`` ``(b, M)`` holds ``J v`` for each basis row. The Gram matrix

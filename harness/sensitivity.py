@@ -1,0 +1,252 @@
+"""Whole-model sensitivity map: Power Steering on many (source, target) pairs at once.
+
+All pairs iterate together. One tangent-carrying forward pass per *source* serves every
+pair that starts there (each pair's block of vectors rides along the batch and is read at
+its own target), and one backward pass per *target* serves every pair that ends there
+(a zero vector is added at each of their sources, and the backward pass reaches them
+all). An iteration over the pairs of an L-block model thus costs about 3(L − 1) sweeps
+instead of L(L − 1) for pair-by-pair power iteration, and a pair that has converged
+drops out of the batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+import torch.autograd.forward_ad as forward_ad
+from tqdm.auto import tqdm
+
+from harness.errors import PowersteerError
+from harness.jacobian import PassCount
+from harness.layers import resolve_layer_pair
+from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
+from harness.methods.power import rayleigh_ritz
+from harness.models import LanguageModel
+from harness.prompts import PromptBatch, encode_prompts
+from harness.steering import autodiff_attention, run_to_blocks
+
+Pair = tuple[int, int]
+
+
+@dataclass
+class SensitivityMap:
+    """Top-``k`` singular values and right singular vectors for each (source, target) pair.
+
+    ``singular_values`` is ``(n_pairs, k)``, ``vectors`` ``(n_pairs, k, d_model)`` with
+    unit rows; entry ``i`` belongs to ``pairs[i]``. Cost is measured as in
+    :class:`~harness.methods.SteeringVectors`, for the whole map.
+    """
+
+    pairs: list[Pair]
+    singular_values: torch.Tensor
+    vectors: torch.Tensor
+    iterations: list[int]
+    converged: list[bool]
+    n_layers: int
+    forward_passes: int = 0
+    prompt_passes: float = 0.0
+    wall_time_s: float = 0.0
+    options: dict[str, object] = field(default_factory=dict)
+
+    def sigma_matrix(self, index: int = 0) -> torch.Tensor:
+        """``(n_layers, n_layers)`` matrix of σ_{index+1} at [source, target]; NaN elsewhere."""
+        matrix = torch.full((self.n_layers, self.n_layers), float("nan"))
+        for (source, target), values in zip(self.pairs, self.singular_values, strict=True):
+            matrix[source, target] = values[index]
+        return matrix
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per pair and singular value: source, target, index, sigma, converged."""
+        rows = [
+            {"source": source, "target": target, "index": index, "sigma": float(sigma),
+             "iterations": iterations, "converged": converged}
+            for (source, target), values, iterations, converged in zip(
+                self.pairs, self.singular_values, self.iterations, self.converged, strict=True
+            )
+            for index, sigma in enumerate(values)
+        ]  # fmt: skip
+        return pd.DataFrame(rows)
+
+
+def all_pairs(n_layers: int) -> list[Pair]:
+    """Every (source, target) with ``0 <= source < target < n_layers``."""
+    return [(s, t) for s in range(n_layers) for t in range(s + 1, n_layers)]
+
+
+def parse_pairs(spec: str, n_layers: int) -> list[Pair]:
+    """``"all"`` or a comma-separated list such as ``"2:10,0.25:0.75,-8:-1"``."""
+    if spec.strip() == "all":
+        return all_pairs(n_layers)
+    pairs = []
+    for item in spec.split(","):
+        if ":" not in item:
+            raise PowersteerError(
+                f"pair {item!r} in --pairs is not SOURCE:TARGET; write e.g. 2:10 or 'all'"
+            )
+        source, target = item.split(":", 1)
+        pairs.append(resolve_layer_pair(source, target, n_layers))
+    return sorted(set(pairs))
+
+
+def sensitivity_map(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    pairs: Sequence[Pair] | None = None,
+    k: int = 4,
+    *,
+    max_iter: int = 15,
+    tol: float = 1e-3,
+    seed: int = 0,
+    target_tokens: int | None = None,
+    oversample: int = 4,
+    progress: bool = False,
+) -> SensitivityMap:
+    """Power Steering for every pair in ``pairs`` (default: all), sharing passes.
+
+    Each pair starts from the same random block as :func:`power_steering` with the same
+    ``seed`` and follows the same iteration, so its result equals the per-pair one.
+    """
+    started = time.perf_counter()
+    d_model = lm.d_model
+    if not 1 <= k <= d_model:
+        raise PowersteerError(f"k={k} must be in 1..d_model={d_model}")
+    pairs = list(all_pairs(lm.n_layers) if pairs is None else pairs)
+    if not pairs:
+        raise PowersteerError("no layer pairs to map; the model needs at least two blocks")
+    for source, target in pairs:
+        resolve_layer_pair(source, target, lm.n_layers)
+    batch = encode_prompts(lm, prompts, target_tokens=target_tokens)
+    dtype = torch.float64 if lm.dtype == torch.float64 else torch.float32
+    block = min(k + oversample, d_model)
+    start = torch.randn(block, d_model, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    bases = {i: orthonormal_rows(start).to(lm.device) for i in range(len(pairs))}
+    passes = PassCount()
+    ritz: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    previous_top: dict[int, torch.Tensor] = {}
+    iterations = dict.fromkeys(range(len(pairs)), 0)
+    converged = dict.fromkeys(range(len(pairs)), False)
+
+    bar = tqdm(range(1, max_iter + 1), desc="sensitivity map", disable=not progress)
+    for iteration in bar:
+        active = [i for i in range(len(pairs)) if not converged[i]]
+        if not active:
+            break
+        images = _jvp_by_source(lm, batch, pairs, active, bases, passes, dtype)
+        for i in active:
+            iterations[i] = iteration
+            values, vectors = rayleigh_ritz(bases[i], images[i])
+            ritz[i] = (values[:k], vectors[:k])
+            if i in previous_top and largest_principal_angle(previous_top[i], vectors[:k]) < tol:
+                converged[i] = True
+            previous_top[i] = vectors[:k]
+        bar.set_postfix(converged=f"{sum(converged.values())}/{len(pairs)}")
+        still = [i for i in active if not converged[i]]
+        if still and iteration < max_iter:
+            pulled = _vjp_by_target(lm, batch, pairs, still, images, passes, dtype)
+            for i in still:
+                bases[i] = orthonormal_rows(pulled[i])
+
+    order = range(len(pairs))
+    return SensitivityMap(
+        pairs=pairs,
+        singular_values=torch.stack([ritz[i][0] for i in order]).float().cpu(),
+        vectors=torch.stack([fix_signs(ritz[i][1].float().cpu()) for i in order]),
+        iterations=[iterations[i] for i in order],
+        converged=[converged[i] for i in order],
+        n_layers=lm.n_layers,
+        forward_passes=passes.sweeps,
+        prompt_passes=passes.prompt_sweeps,
+        wall_time_s=time.perf_counter() - started,
+        options={"k": k, "max_iter": max_iter, "tol": tol, "seed": seed,
+                 "target_tokens": target_tokens, "oversample": oversample},
+    )  # fmt: skip
+
+
+def _group(pairs: Sequence[Pair], members: Sequence[int], by: int) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in members:
+        groups[pairs[i][by]].append(i)
+    return groups
+
+
+def _targets_of(hidden: torch.Tensor, batch: PromptBatch, rows: slice, width: int) -> torch.Tensor:
+    """Rows ``rows`` of ``(rows, tokens, d)`` to ``(width, M)`` over the target positions."""
+    grouped = hidden[rows].reshape(width, batch.n_prompts, *hidden.shape[1:])
+    return grouped[:, batch.target_mask].reshape(width, -1)
+
+
+def _jvp_by_source(
+    lm: LanguageModel,
+    batch: PromptBatch,
+    pairs: Sequence[Pair],
+    active: Sequence[int],
+    bases: dict[int, torch.Tensor],
+    passes: PassCount,
+    dtype: torch.dtype,
+) -> dict[int, torch.Tensor]:
+    """``J_pair V_pair`` for every active pair: one tangent forward pass per source."""
+    n = batch.n_prompts
+    images: dict[int, torch.Tensor] = {}
+    for source, members in _group(pairs, active, by=0).items():
+        widths = [bases[i].shape[0] for i in members]
+        tangent = torch.cat([bases[i].to(lm.dtype).repeat_interleave(n, dim=0) for i in members])
+        targets = sorted({pairs[i][1] for i in members})
+        with torch.no_grad(), autodiff_attention(lm), forward_ad.dual_level():
+            theta = forward_ad.make_dual(torch.zeros_like(tangent), tangent)[:, None, :]
+            hidden = run_to_blocks(lm, batch.repeat(sum(widths)), targets, {source: theta})
+            tangents = {t: forward_ad.unpack_dual(h).tangent for t, h in hidden.items()}
+        passes.add(tangent.shape[0], n)
+        offset = 0
+        for i, width in zip(members, widths, strict=True):
+            rows = slice(offset * n, (offset + width) * n)
+            images[i] = _targets_of(tangents[pairs[i][1]], batch, rows, width).to(dtype)
+            offset += width
+    return images
+
+
+def _vjp_by_target(
+    lm: LanguageModel,
+    batch: PromptBatch,
+    pairs: Sequence[Pair],
+    members_all: Sequence[int],
+    cotangents: dict[int, torch.Tensor],
+    passes: PassCount,
+    dtype: torch.dtype,
+) -> dict[int, torch.Tensor]:
+    """``J_pairᵀ U_pair`` for the given pairs: one forward and backward pass per target."""
+    n = batch.n_prompts
+    pulled: dict[int, torch.Tensor] = {}
+    for target, members in _group(pairs, members_all, by=1).items():
+        widths = [cotangents[i].shape[0] for i in members]
+        rows_total = sum(widths) * n
+        sources = sorted({pairs[i][0] for i in members})
+        with autodiff_attention(lm), torch.enable_grad():
+            thetas = {
+                s: torch.zeros(rows_total, 1, lm.d_model, dtype=lm.dtype, device=lm.device,
+                               requires_grad=True)
+                for s in sources
+            }  # fmt: skip
+            hidden = run_to_blocks(lm, batch.repeat(sum(widths)), [target], thetas)[target]
+            outputs, offset = [], 0
+            for width in widths:
+                outputs.append(_targets_of(hidden, batch, slice(offset * n, (offset + width) * n),
+                                           width))  # fmt: skip
+                offset += width
+            grads = torch.autograd.grad(
+                torch.cat(outputs),
+                [thetas[s] for s in sources],
+                torch.cat([cotangents[i] for i in members]).to(hidden.dtype),
+            )
+        passes.add(rows_total, n, sweeps=2)
+        by_source = dict(zip(sources, grads, strict=True))
+        offset = 0
+        for i, width in zip(members, widths, strict=True):
+            grad = by_source[pairs[i][0]][offset * n : (offset + width) * n]
+            pulled[i] = grad.reshape(width, n, -1).sum(dim=1).to(dtype)
+            offset += width
+    return pulled
