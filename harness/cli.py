@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_vectors_command(commands)
     _add_organism_commands(commands)
+    _add_models_commands(commands)
     return parser
 
 
@@ -99,6 +100,12 @@ def _add_organism_commands(commands: argparse._SubParsersAction) -> None:
     except ImportError:  # the organism package is optional in a trimmed install
         return
     add_organism_commands(commands)
+
+
+def _add_models_commands(commands: argparse._SubParsersAction) -> None:
+    from harness.catalogue import add_models_commands
+
+    add_models_commands(commands)
 
 
 def _run_vectors(args: argparse.Namespace) -> int:

@@ -117,14 +117,19 @@ def load_model(
     attn_implementation: str | None = None,
     blocks_path: str | None = None,
     trust_remote_code: bool = False,
+    gguf_file: str | None = None,
 ) -> LanguageModel:
     """Load a causal LM by hub id, local directory, or ``"organism"`` (the bundled model).
+
+    Also a catalogue name (``powersteer models list``; fetched and cached on first use), a
+    ``.gguf`` file, or a directory with ``gguf_file`` naming the GGUF file in it: GGUF
+    checkpoints are dequantized once and cached as safetensors (see ``harness.catalogue``).
 
     ``device`` is ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (spread over the
     available devices with ``device_map="auto"``). ``blocks_path`` names the decoder-block
     list (for example ``"model.layers"``) for architectures powersteer does not know.
     """
-    source = _resolve_source(name_or_path)
+    source = _resolve_source(name_or_path, gguf_file)
     torch_dtype = _resolve_dtype(dtype)
     device_kwargs = {"device_map": "auto"} if device == "auto" else {}
     try:
@@ -172,8 +177,8 @@ def find_decoder_blocks(model: nn.Module, blocks_path: str | None = None) -> nn.
     return module
 
 
-def _resolve_source(name_or_path: str | os.PathLike[str]) -> str:
-    if str(name_or_path) == "organism":
+def _resolve_source(name_or_path: str | os.PathLike[str], gguf_file: str | None = None) -> str:
+    if str(name_or_path) == "organism" and gguf_file is None:
         from harness.organism import ORGANISM_DIR
 
         if not (ORGANISM_DIR / "config.json").exists():
@@ -182,6 +187,11 @@ def _resolve_source(name_or_path: str | os.PathLike[str]) -> str:
                 "powersteer or retrain them with `python -m harness.organism.train`"
             )
         return str(ORGANISM_DIR)
+    from harness.catalogue import resolve_source
+
+    converted = resolve_source(name_or_path, gguf_file)  # catalogue names and GGUF files
+    if converted is not None:
+        return str(converted)
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path)
