@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_vectors_command(commands)
+    _add_map_command(commands)
     _add_organism_commands(commands)
     _add_models_commands(commands)
     return parser
@@ -44,23 +45,7 @@ def _add_vectors_command(commands: argparse._SubParsersAction) -> None:
         "--target 0.75 --method power -k 8 --out vectors.safetensors",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    vectors.add_argument(
-        "--model", default="organism", help="hub id, local directory, or 'organism' (default)"
-    )
-    vectors.add_argument(
-        "--prompts",
-        required=True,
-        type=Path,
-        help="a .txt (one prompt a line), .jsonl or .json file of prompts",
-    )
-    vectors.add_argument(
-        "--field",
-        default="prompt",
-        help="the prompt field in .jsonl/.json records (default: prompt)",
-    )
-    vectors.add_argument(
-        "--chat", action="store_true", help="wrap each prompt in the model's chat template"
-    )
+    _add_prompt_arguments(vectors)
     vectors.add_argument(
         "--source",
         required=True,
@@ -69,12 +54,6 @@ def _add_vectors_command(commands: argparse._SubParsersAction) -> None:
     vectors.add_argument("--target", required=True, help="target block, after the source")
     vectors.add_argument("--method", default="power", choices=sorted(METHODS))
     vectors.add_argument("-k", "--num-vectors", type=int, default=8, dest="k")
-    vectors.add_argument(
-        "--target-tokens",
-        type=int,
-        default=None,
-        help="use only the last N real tokens of each prompt as the target",
-    )
     vectors.add_argument(
         "--max-iter", type=int, default=15, help="power: most power iterations (default 15)"
     )
@@ -87,11 +66,59 @@ def _add_vectors_command(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="melbo: vector norm (default: median residual norm at source)",
     )
-    vectors.add_argument("--seed", type=int, default=0)
-    vectors.add_argument("--dtype", default="float32")
-    vectors.add_argument("--device", default="cpu")
     vectors.add_argument("--out", type=Path, default=Path("vectors.safetensors"))
-    vectors.set_defaults(handler=_run_vectors)
+    vectors.set_defaults(handler=_run_vectors)  # fmt: skip
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="organism", help="hub id, local directory, or 'organism' (default)"
+    )
+    parser.add_argument(
+        "--prompts",
+        required=True,
+        type=Path,
+        help="a .txt (one prompt a line), .jsonl or .json file of prompts",
+    )
+    parser.add_argument(
+        "--field",
+        default="prompt",
+        help="the prompt field in .jsonl/.json records (default: prompt)",
+    )
+    parser.add_argument(
+        "--chat", action="store_true", help="wrap each prompt in the model's chat template"
+    )
+    parser.add_argument(
+        "--target-tokens",
+        type=int,
+        default=None,
+        help="use only the last N real tokens of each prompt as the target",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")  # fmt: skip
+
+
+def _add_map_command(commands: argparse._SubParsersAction) -> None:
+    mapping = commands.add_parser(
+        "map",
+        help="map the whole model's layer-to-layer sensitivity (resumable)",
+        description="Top-k singular values and vectors of the Jacobian for every requested "
+        "(source, target) block pair, sharing passes across pairs. Writes map.safetensors, "
+        "map.parquet and sigma1_heatmap.png; a killed run continues where it stopped.",
+        epilog="example:\n  powersteer map --prompts prompts.txt --pairs all -k 4 --out map/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_prompt_arguments(mapping)
+    mapping.add_argument(
+        "--pairs", default="all", help="'all' or SOURCE:TARGET,... (indices or fractions of depth)"
+    )
+    mapping.add_argument("-k", "--num-vectors", type=int, default=12, dest="k")
+    mapping.add_argument("--max-iter", type=int, default=15)
+    mapping.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: reports/map-MODEL)"
+    )
+    mapping.set_defaults(handler=_run_map)  # fmt: skip
 
 
 def _add_organism_commands(commands: argparse._SubParsersAction) -> None:
@@ -141,6 +168,46 @@ def _run_vectors(args: argparse.Namespace) -> int:
         "values": [round(float(v), 5) for v in result.values],
         "forward_passes": result.forward_passes,
         "wall_time_s": round(result.wall_time_s, 3),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_map(args: argparse.Namespace) -> int:
+    from harness.models import load_model
+    from harness.plots import plot_sensitivity_heatmap
+    from harness.prompts import format_chat, read_prompts
+    from harness.sensitivity import parse_pairs, sensitivity_map
+    from harness.sensitivity_io import STATE_FILE, load_state, save_map, save_state
+
+    prompts = read_prompts(args.prompts, field=args.field)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.chat:
+        prompts = format_chat(lm, prompts)
+    pairs = parse_pairs(args.pairs, lm.n_layers)
+    out = args.out or Path("reports") / f"map-{Path(str(args.model)).name}"
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model": str(args.model), "prompts": prompts, "pairs": pairs, "k": args.k,
+              "max_iter": args.max_iter, "seed": args.seed, "target_tokens": args.target_tokens,
+              "dtype": args.dtype}  # fmt: skip
+    state_path = out / STATE_FILE
+    resume = load_state(state_path, config)
+    if resume is not None:
+        print(f"resuming {state_path} after iteration {resume.iteration}", file=sys.stderr)
+    result = sensitivity_map(
+        lm, prompts, pairs, args.k, max_iter=args.max_iter, seed=args.seed,
+        target_tokens=args.target_tokens, progress=True, resume=resume,
+        checkpoint=lambda state: save_state(state_path, state, config),
+    )  # fmt: skip
+    save_map(out, result, model=str(args.model), n_prompts=len(prompts))
+    plot_sensitivity_heatmap(result, out / "sigma1_heatmap.png", title=f"{args.model}: σ₁(s → t)")
+    state_path.unlink(missing_ok=True)
+    summary = {
+        "out": str(out),
+        "pairs": len(pairs),
+        "converged": sum(result.converged),
+        "forward_passes": result.forward_passes,
+        "wall_time_s": round(result.wall_time_s, 2),
     }
     print(json.dumps(summary, indent=2))
     return 0

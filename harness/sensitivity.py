@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -73,6 +73,61 @@ class SensitivityMap:
         return pd.DataFrame(rows)
 
 
+@dataclass
+class MapState:
+    """Everything an interrupted map needs to continue exactly where it stopped.
+
+    Saved after each completed iteration; per-pair entries are keyed by pair index.
+    """
+
+    iteration: int
+    bases: dict[int, torch.Tensor]
+    previous_top: dict[int, torch.Tensor]
+    values: dict[int, torch.Tensor]
+    vectors: dict[int, torch.Tensor]
+    iterations: dict[int, int]
+    converged: dict[int, bool]
+    passes: PassCount
+    elapsed_s: float
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat tensor dict for safetensors (names ``kind.pair_index``)."""
+        flat = {}
+        for kind in ("bases", "previous_top", "values", "vectors"):
+            for i, tensor in getattr(self, kind).items():
+                flat[f"{kind}.{i}"] = tensor.detach().cpu().clone()  # no shared storage
+        return flat
+
+    def scalars(self) -> dict[str, object]:
+        return {
+            "iteration": self.iteration,
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "sweeps": self.passes.sweeps,
+            "prompt_sweeps": self.passes.prompt_sweeps,
+            "elapsed_s": self.elapsed_s,
+        }
+
+    @classmethod
+    def restore(cls, tensors: dict[str, torch.Tensor], scalars: dict[str, object]) -> MapState:
+        """Inverse of :meth:`tensors` and :meth:`scalars` (JSON turns int keys to str)."""
+        by_kind: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+        for name, tensor in tensors.items():
+            kind, index = name.rsplit(".", 1)
+            by_kind[kind][int(index)] = tensor
+        return cls(
+            iteration=int(scalars["iteration"]),  # type: ignore[arg-type]
+            bases=by_kind["bases"],
+            previous_top=by_kind["previous_top"],
+            values=by_kind["values"],
+            vectors=by_kind["vectors"],
+            iterations={int(i): int(n) for i, n in scalars["iterations"].items()},  # type: ignore[attr-defined]
+            converged={int(i): bool(c) for i, c in scalars["converged"].items()},  # type: ignore[attr-defined]
+            passes=PassCount(int(scalars["sweeps"]), float(scalars["prompt_sweeps"])),  # type: ignore[arg-type]
+            elapsed_s=float(scalars["elapsed_s"]),  # type: ignore[arg-type]
+        )
+
+
 def all_pairs(n_layers: int) -> list[Pair]:
     """Every (source, target) with ``0 <= source < target < n_layers``."""
     return [(s, t) for s in range(n_layers) for t in range(s + 1, n_layers)]
@@ -105,11 +160,16 @@ def sensitivity_map(
     target_tokens: int | None = None,
     oversample: int = 4,
     progress: bool = False,
+    resume: MapState | None = None,
+    checkpoint: Callable[[MapState], None] | None = None,
 ) -> SensitivityMap:
     """Power Steering for every pair in ``pairs`` (default: all), sharing passes.
 
     Each pair starts from the same random block as :func:`power_steering` with the same
     ``seed`` and follows the same iteration, so its result equals the per-pair one.
+    ``checkpoint`` is called with the state after every iteration; passing a saved state
+    back as ``resume`` (same arguments otherwise) continues from there with the same
+    result as an uninterrupted run.
     """
     started = time.perf_counter()
     d_model = lm.d_model
@@ -123,47 +183,65 @@ def sensitivity_map(
     batch = encode_prompts(lm, prompts, target_tokens=target_tokens)
     dtype = torch.float64 if lm.dtype == torch.float64 else torch.float32
     block = min(k + oversample, d_model)
-    start = torch.randn(block, d_model, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    bases = {i: orthonormal_rows(start).to(lm.device) for i in range(len(pairs))}
-    passes = PassCount()
-    ritz: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    previous_top: dict[int, torch.Tensor] = {}
-    iterations = dict.fromkeys(range(len(pairs)), 0)
-    converged = dict.fromkeys(range(len(pairs)), False)
+    state = resume or _initial_state(len(pairs), block, d_model, seed, dtype)
+    to_device = {i: basis.to(device=lm.device, dtype=dtype) for i, basis in state.bases.items()}
+    state.bases = to_device
 
-    bar = tqdm(range(1, max_iter + 1), desc="sensitivity map", disable=not progress)
-    for iteration in bar:
-        active = [i for i in range(len(pairs)) if not converged[i]]
+    bar = tqdm(total=max_iter, initial=state.iteration, desc="sensitivity map",
+               disable=not progress)  # fmt: skip
+    for iteration in range(state.iteration + 1, max_iter + 1):
+        active = [i for i in range(len(pairs)) if not state.converged[i]]
         if not active:
             break
-        images = _jvp_by_source(lm, batch, pairs, active, bases, passes, dtype)
+        images = _jvp_by_source(lm, batch, pairs, active, state.bases, state.passes, dtype)
         for i in active:
-            iterations[i] = iteration
-            values, vectors = rayleigh_ritz(bases[i], images[i])
-            ritz[i] = (values[:k], vectors[:k])
-            if i in previous_top and largest_principal_angle(previous_top[i], vectors[:k]) < tol:
-                converged[i] = True
-            previous_top[i] = vectors[:k]
-        bar.set_postfix(converged=f"{sum(converged.values())}/{len(pairs)}")
-        still = [i for i in active if not converged[i]]
+            state.iterations[i] = iteration
+            values, vectors = rayleigh_ritz(state.bases[i], images[i])
+            state.values[i], state.vectors[i] = values[:k], vectors[:k]
+            previous = state.previous_top.get(i)
+            if previous is not None:
+                moved = largest_principal_angle(previous.to(vectors.device), vectors[:k])
+                state.converged[i] = moved < tol
+            state.previous_top[i] = vectors[:k]
+        still = [i for i in active if not state.converged[i]]
         if still and iteration < max_iter:
-            pulled = _vjp_by_target(lm, batch, pairs, still, images, passes, dtype)
+            pulled = _vjp_by_target(lm, batch, pairs, still, images, state.passes, dtype)
             for i in still:
-                bases[i] = orthonormal_rows(pulled[i])
+                state.bases[i] = orthonormal_rows(pulled[i])
+        state.iteration = iteration
+        state.elapsed_s = (resume.elapsed_s if resume else 0.0) + time.perf_counter() - started
+        if checkpoint is not None:
+            checkpoint(state)
+        bar.update(1)
+        bar.set_postfix(converged=f"{sum(state.converged.values())}/{len(pairs)}")
+    bar.close()
 
     order = range(len(pairs))
     return SensitivityMap(
         pairs=pairs,
-        singular_values=torch.stack([ritz[i][0] for i in order]).float().cpu(),
-        vectors=torch.stack([fix_signs(ritz[i][1].float().cpu()) for i in order]),
-        iterations=[iterations[i] for i in order],
-        converged=[converged[i] for i in order],
+        singular_values=torch.stack([state.values[i] for i in order]).float().cpu(),
+        vectors=torch.stack([fix_signs(state.vectors[i].float().cpu()) for i in order]),
+        iterations=[state.iterations[i] for i in order],
+        converged=[state.converged[i] for i in order],
         n_layers=lm.n_layers,
-        forward_passes=passes.sweeps,
-        prompt_passes=passes.prompt_sweeps,
-        wall_time_s=time.perf_counter() - started,
+        forward_passes=state.passes.sweeps,
+        prompt_passes=state.passes.prompt_sweeps,
+        wall_time_s=(resume.elapsed_s if resume else 0.0) + time.perf_counter() - started,
         options={"k": k, "max_iter": max_iter, "tol": tol, "seed": seed,
                  "target_tokens": target_tokens, "oversample": oversample},
+    )  # fmt: skip
+
+
+def _initial_state(
+    n_pairs: int, block: int, d_model: int, seed: int, dtype: torch.dtype
+) -> MapState:
+    # The same start as power_steering(seed=seed), so each pair reproduces the per-pair run.
+    start = torch.randn(block, d_model, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    basis = orthonormal_rows(start)
+    return MapState(
+        iteration=0, bases=dict.fromkeys(range(n_pairs), basis), previous_top={}, values={},
+        vectors={}, iterations=dict.fromkeys(range(n_pairs), 0),
+        converged=dict.fromkeys(range(n_pairs), False), passes=PassCount(), elapsed_s=0.0,
     )  # fmt: skip
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from conftest import PROMPTS
 
 from harness import PowersteerError, power_steering
+from harness.cli import main
 from harness.sensitivity import all_pairs, parse_pairs, sensitivity_map
+from harness.sensitivity_io import STATE_FILE, load_map, load_state, save_state
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +49,46 @@ def test_pair_specs_parse_and_reject_bad_input():
         parse_pairs("3-4", 5)
     with pytest.raises(PowersteerError, match="not after source"):
         parse_pairs("3:1", 5)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_map_resumes_to_the_same_result(tmp_path, qwen3_tiny, tiny_map):
+    state_path = tmp_path / STATE_FILE
+    config = {"run": "tiny"}
+
+    def save_then_die_after_two(state):
+        save_state(state_path, state, config)
+        if state.iteration == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        sensitivity_map(qwen3_tiny, PROMPTS, k=2, checkpoint=save_then_die_after_two)
+    resume = load_state(state_path, config)
+    assert resume.iteration == 2
+    resumed = sensitivity_map(qwen3_tiny, PROMPTS, k=2, resume=resume)
+    assert torch.allclose(resumed.singular_values, tiny_map.singular_values, rtol=1e-6)
+    assert resumed.iterations == tiny_map.iterations
+    assert resumed.forward_passes == tiny_map.forward_passes  # nothing recomputed
+    with pytest.raises(PowersteerError, match="different settings"):
+        load_state(state_path, {"run": "other"})
+
+
+def test_map_command_writes_table_vectors_and_heatmap(tmp_path, qwen3_tiny):
+    model_dir = tmp_path / "model"
+    qwen3_tiny.model.save_pretrained(model_dir)
+    qwen3_tiny.tokenizer.save_pretrained(model_dir)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS))
+    out = tmp_path / "map"
+    code = main(["map", "--model", str(model_dir), "--prompts", str(prompts), "--pairs",
+                 "0:2,1:3", "-k", "2", "--out", str(out), "--dtype", "float64"])  # fmt: skip
+    assert code == 0
+    loaded = load_map(out)
+    assert loaded.pairs == [(0, 2), (1, 3)] and loaded.vectors.shape == (2, 2, 32)
+    table = pd.read_parquet(out / "map.parquet")
+    assert len(table) == 4 and table["sigma"].gt(0).all()
+    assert (out / "sigma1_heatmap.png").stat().st_size > 0
+    assert not (out / STATE_FILE).exists()  # finished runs leave no state behind
