@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import PROMPTS, exact_jacobian
 
-from harness import PowersteerError, power_steering
+from harness import PowersteerError, find_vectors, power_steering
 from harness.methods._linalg import largest_principal_angle
 
 SOURCE, TARGET = 0, 2
@@ -64,3 +64,14 @@ def test_same_seed_same_vectors(qwen3_tiny):
 def test_k_outside_one_to_d_model_is_refused(qwen3_tiny, k):
     with pytest.raises(PowersteerError, match="d_model=32"):
         power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=k)
+
+
+def test_unknown_method_is_refused_with_the_known_ones(qwen3_tiny):
+    with pytest.raises(PowersteerError, match="unknown method 'telepathy'; choose one of melbo"):
+        find_vectors("telepathy", qwen3_tiny, PROMPTS, SOURCE, TARGET)
+
+
+def test_registry_runs_power_steering(qwen3_tiny):
+    direct = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, seed=5)
+    via_registry = find_vectors("power", qwen3_tiny, PROMPTS, SOURCE, TARGET, 2, seed=5)
+    assert torch.equal(direct.vectors, via_registry.vectors)

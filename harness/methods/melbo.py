@@ -92,6 +92,11 @@ def melbo(
         for _step in range(steps):
             optimiser.zero_grad()
             loss = -objective(theta)
+            if not torch.isfinite(loss):
+                raise PowersteerError(
+                    f"MELBO objective became {loss.item()} at radius {radius:.4g}: the model "
+                    "overflows; load it in float32 or pass a smaller radius"
+                )
             loss.backward()
             passes += 2
             with torch.no_grad():
