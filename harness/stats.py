@@ -1,0 +1,121 @@
+"""Statistics for a report: intervals on success rates, paired tests, multiple comparisons.
+
+Every function takes plain numbers or sequences and returns plain floats, so a report, a
+notebook or a CI check can call them without the rest of the harness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+from harness.errors import PowersteerError
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a success rate of ``successes`` out of ``n``.
+
+    Unlike the normal-approximation interval it stays inside [0, 1] and is sensible at
+    0/n and n/n, which steered success rates often are. ``n == 0`` carries no
+    information and gives ``(0.0, 1.0)``.
+    """
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise PowersteerError(f"wilson_interval needs 0 <= successes <= n, got {successes}/{n}")
+    if not 0.0 < confidence < 1.0:
+        raise PowersteerError(f"confidence={confidence} must lie strictly between 0 and 1")
+    if n == 0:
+        return 0.0, 1.0
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denominator = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(
+    a_success: Sequence[bool] | np.ndarray, b_success: Sequence[bool] | np.ndarray
+) -> tuple[int, int, float]:
+    """Exact McNemar test of two methods scored on the same prompts.
+
+    ``a_success[i]`` and ``b_success[i]`` are the outcomes of methods A and B on prompt
+    ``i``. Returns ``(b01, b10, p_value)``: ``b01`` counts prompts where A failed and B
+    succeeded, ``b10`` where A succeeded and B failed. Under the null hypothesis each
+    discordant prompt is a fair coin, so the two-sided p-value is that of an exact binomial
+    test of ``b01`` out of ``b01 + b10`` at 1/2. With no discordant prompts it is 1.
+    """
+    a = _as_bool_array(a_success, "a_success")
+    b = _as_bool_array(b_success, "b_success")
+    if a.shape != b.shape:
+        raise PowersteerError(
+            f"paired outcomes need the same prompts: got {a.size} and {b.size} outcomes"
+        )
+    b01 = int(np.sum(~a & b))
+    b10 = int(np.sum(a & ~b))
+    discordant = b01 + b10
+    if discordant == 0:
+        return b01, b10, 1.0
+    # The binomial at 1/2 is symmetric, so the two-sided p is twice the smaller tail.
+    p_value = min(1.0, 2.0 * float(stats.binom.cdf(min(b01, b10), discordant, 0.5)))
+    return b01, b10, p_value
+
+
+def paired_bootstrap(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float, float]:
+    """Paired bootstrap of the mean difference ``a - b`` of continuous scores.
+
+    Prompts are resampled with replacement, keeping each prompt's pair together. Returns
+    ``(mean_diff, low, high, p_value)``: the observed mean of ``a[i] - b[i]``, a percentile
+    interval at ``confidence``, and a two-sided p-value for a zero mean difference (the
+    bootstrap distribution shifted to the null, with the +1 correction so it is never 0).
+    """
+    diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if diffs.ndim != 1 or diffs.size == 0:
+        raise PowersteerError("paired_bootstrap needs two equally long, non-empty 1-D sequences")
+    if n_resamples < 1:
+        raise PowersteerError(f"n_resamples={n_resamples} must be at least 1")
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, diffs.size, size=(n_resamples, diffs.size))
+    means = diffs[indices].mean(axis=1)
+    observed = float(diffs.mean())
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    extreme = int(np.sum(np.abs(means - observed) >= abs(observed) - 1e-12))
+    p_value = min(1.0, (extreme + 1) / (n_resamples + 1))
+    return observed, float(low), float(high), p_value
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input order.
+
+    Sorted ascending, the ``j``-th smallest (0-based) of ``m`` is multiplied by ``m - j``;
+    a running maximum keeps the adjusted values monotone, and they are capped at 1.
+    Rejecting where the adjusted value is below ``alpha`` controls the family-wise error.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.size == 0:
+        return []
+    if np.any((p < 0) | (p > 1) | np.isnan(p)):
+        raise PowersteerError(f"p-values must lie in [0, 1], got {list(p_values)}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted_sorted = np.maximum.accumulate(scaled)
+    adjusted = np.empty(m)
+    adjusted[order] = adjusted_sorted
+    return [float(x) for x in adjusted]
+
+
+def _as_bool_array(values: Sequence[bool] | np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise PowersteerError(f"{name} must be a 1-D sequence of booleans")
+    return array.astype(bool)
