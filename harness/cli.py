@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_map_command(commands)
     _add_organism_commands(commands)
     _add_models_commands(commands)
+    _add_behavior_commands(commands)
     return parser
 
 
@@ -133,6 +134,54 @@ def _add_models_commands(commands: argparse._SubParsersAction) -> None:
     from harness.catalogue import add_models_commands
 
     add_models_commands(commands)
+
+
+def _add_behavior_commands(commands: argparse._SubParsersAction) -> None:
+    validate = commands.add_parser(
+        "validate",
+        help="check behavior YAML files (schema, scorer, prompt data)",
+        description="Check behavior files: the schema, the scorer and its options, and that "
+        "local prompt files exist and hold the fields the scorer reads. Prints OK or one "
+        "error line per file; exits 2 if any file is bad.",
+        epilog="example:\n  powersteer validate behaviors/real/*.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.set_defaults(handler=_run_validate)
+    new = commands.add_parser(
+        "new",
+        help="write a commented behavior YAML scaffold",
+        description="Write DIR/NAME.yaml, a commented behavior scaffold that validates, and "
+        "example prompts in DIR/data/NAME.jsonl (kept if it exists). Never overwrites.",
+        epilog="example:\n  powersteer new politeness --dir behaviors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    new.add_argument("name", metavar="NAME")
+    new.add_argument("--dir", type=Path, default=Path("behaviors"), dest="directory")
+    new.set_defaults(handler=_run_new)
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from harness.behaviors import load_behavior
+
+    bad = 0
+    for file in args.files:
+        try:
+            behavior = load_behavior(file)
+        except PowersteerError as error:
+            print(f"error: {error}", file=sys.stderr)
+            bad += 1
+            continue
+        print(f"OK {file} ({behavior.name}, scorer {behavior.scorer.type})")
+    return 2 if bad else 0
+
+
+def _run_new(args: argparse.Namespace) -> int:
+    from harness.behaviors import create_behavior
+
+    for path in create_behavior(args.name, args.directory):
+        print(f"wrote {path}")
+    return 0
 
 
 def _run_vectors(args: argparse.Namespace) -> int:
