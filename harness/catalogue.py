@@ -445,6 +445,11 @@ def _hub_endpoint() -> str:
         return os.environ.get("HF_ENDPOINT", "")
 
 
+def _proxied() -> bool:
+    names = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+    return any(os.environ.get(name) or os.environ.get(name.lower()) for name in names)
+
+
 def _probe(endpoint: str, timeout: float) -> None:
     """Raise :class:`_Unreachable` unless a TCP connection to ``endpoint`` opens in time."""
     parsed = urlparse(endpoint)
@@ -461,7 +466,8 @@ def _probe(endpoint: str, timeout: float) -> None:
 def _fetch_from_hub(entry: CatalogueEntry, timeout: float = HUB_TIMEOUT_S) -> Path:
     if _hub_offline():
         raise _Unreachable("HF_HUB_OFFLINE is set")
-    _probe(_hub_endpoint(), timeout)
+    if not _proxied():  # through a proxy a direct connection may fail though the hub works
+        _probe(_hub_endpoint(), timeout)
     try:
         from huggingface_hub import snapshot_download
 

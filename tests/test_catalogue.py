@@ -209,6 +209,7 @@ def test_offline_hub_is_skipped_without_touching_the_network(monkeypatch):
 
 def test_unreachable_hub_fails_within_seconds(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(catalogue, "_proxied", lambda: False)
     monkeypatch.setattr(catalogue, "_hub_endpoint", lambda: "http://127.0.0.1:9")  # discard port
     started = time.perf_counter()
     with pytest.raises(catalogue._Unreachable, match="cannot connect"):
