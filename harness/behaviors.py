@@ -87,6 +87,15 @@ def _check_layer(value: object) -> object:
 Layer = Annotated[int | float, BeforeValidator(_check_layer)]
 
 
+def _check_chat_template(value: object) -> object:
+    if value is True or value is False or value == "auto":
+        return value
+    raise ValueError(f"should be auto, true or false, got {value!r}; write one of those")
+
+
+ChatTemplate = Annotated[bool | Literal["auto"], BeforeValidator(_check_chat_template)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,7 +108,7 @@ class PromptSource(_Section):
     split: str | None = None
     config: str | None = None
     field: str = "prompt"
-    chat_template: bool | Literal["auto"] = "auto"
+    chat_template: ChatTemplate = "auto"
     limit: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")

@@ -211,6 +211,8 @@ def _fail(
 def type_problem(message: str, value: Any) -> tuple[str, str]:
     """Turn pydantic's "Input should be X" into ``("should be X, got V", "write X")``."""
     expected = message.removeprefix("Input should be ").removeprefix("String should ")
+    # "a valid integer, unable to parse string as an integer": keep what is expected.
+    expected = re.split(r", (?=unable|invalid|input)", expected)[0]
     got = f", got {value!r}" if not isinstance(value, dict | list) else ""
     fix = expected if expected.startswith(("a ", "an ", "'", '"')) else f"a value {expected}"
     return f"should be {expected}{got}", f"write {fix}"
