@@ -37,7 +37,6 @@ def random_qwen3() -> LanguageModel:
     """A randomly initialised Qwen3 (d_model 256, 8 blocks): costs like a trained one."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-
     torch.manual_seed(0)
     config = Qwen3Config(vocab_size=4096, hidden_size=256, intermediate_size=768,
                          num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
