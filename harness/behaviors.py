@@ -562,8 +562,9 @@ prompts:
 # contrast:                      # prompts that show the target behavior (enables caa)
 #   path: data/{name}_contrast.jsonl
 
+# scorer types: {scorers}
 scorer:
-  type: regex                    # one of: {scorers}
+  type: regex
   pattern: "\\\\bexample\\\\b"       # success when the completion matches
   ignore_case: true
 
