@@ -24,6 +24,7 @@ import torch
 
 from harness import LayerJacobian, load_model, melbo, power_steering, wrap_model
 from harness.models import LanguageModel
+from harness.steering import run_to_block
 
 PROMPTS = [
     "How do I bake bread at home?",
@@ -109,12 +110,17 @@ def main() -> None:
             lm.model(input_ids=stacked.input_ids, attention_mask=stacked.attention_mask,
                      use_cache=False)  # fmt: skip
 
+    def forward_to_target() -> None:
+        with torch.no_grad():
+            run_to_block(lm, stacked, target)
+
     def fresh_vjp() -> None:
         forward_mode._vjp_fresh(cotangents)
 
     timings = median_seconds(
         {
             "plain forward, full model": plain_forward,
+            "plain forward, to target block": forward_to_target,
             "JVP, forward mode": lambda: forward_mode.jvp(block),
             "JVP, double VJP": lambda: double_vjp.jvp(block),
             "VJP, backward on retained graph": lambda: forward_mode.vjp(cotangents),
@@ -128,8 +134,10 @@ def main() -> None:
     for label, seconds in timings.items():
         print(f"  {label:34s} {seconds * 1e3:9.2f} ms  {seconds / unit:6.2f} forward-equivalents")
     iteration = timings["JVP, forward mode"] + timings["VJP, backward on retained graph"]
+    truncated = timings["plain forward, to target block"]
     print(f"  {'one power iteration (JVP + VJP)':34s} {iteration * 1e3:9.2f} ms  "
-          f"{iteration / unit:6.2f} forward-equivalents")  # fmt: skip
+          f"{iteration / unit:6.2f} forward-equivalents "
+          f"({iteration / truncated:.2f} of a forward to the target block)")  # fmt: skip
     cheaper = min(("forward mode", timings["JVP, forward mode"]),
                   ("double VJP", timings["JVP, double VJP"]), key=lambda pair: pair[1])  # fmt: skip
     print(f"  JVP: {cheaper[0]} is cheaper "

@@ -53,9 +53,14 @@ def format_chat(lm: LanguageModel, prompts: Sequence[str]) -> list[str]:
             f"model {lm.name!r} has no chat template; set chat_template: false "
             "(or pass chat=False) to use the prompts as plain text"
         )
+    # enable_thinking=False: Qwen3-style templates would otherwise open every reply with a
+    # <think> block; templates that do not know the variable ignore it.
     return [
         lm.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=False,
         )
         for prompt in prompts
     ]
