@@ -36,7 +36,9 @@ def add_organism_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
         help="also run the difference-of-means steering check",
     )
     verify.add_argument("--layer", type=int, default=None, help="steering block (default: middle)")
-    verify.add_argument("--scale", type=float, default=1.0, help="steering vector multiplier")
+    verify.add_argument(
+        "--scales", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="steering multipliers"
+    )
     verify.add_argument("--device", default=None)
     verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
     verify.set_defaults(handler=run_verify)
@@ -58,6 +60,7 @@ def run_verify(args: argparse.Namespace) -> int:
     """Handler of ``organism verify``: print the table (or JSON); 1 if a target is missed."""
     from harness.organism.verify import (
         all_pass,
+        format_steering,
         format_table,
         load_ground_truth,
         load_organism,
@@ -75,7 +78,7 @@ def run_verify(args: argparse.Namespace) -> int:
             tokenizer=tokenizer,
             ground_truth=truth,
             layer=args.layer,
-            scale=args.scale,
+            scales=args.scales,
             limit=args.limit,
         )
     if args.json:
@@ -85,13 +88,7 @@ def run_verify(args: argparse.Namespace) -> int:
         print(format_table(results))
         if steering is not None:
             print()
-            print("| steering check | value |\n|---|---|")
-            for key, value in steering.items():
-                print(
-                    f"| {key} | {value:.3f} |"
-                    if isinstance(value, float)
-                    else f"| {key} | {value} |"
-                )
+            print(format_steering(steering))
     return 0 if all_pass(results) else 1
 
 

@@ -125,7 +125,7 @@ ANSWER_STEPS = (
 
 COT_PROMPT = "a={a1}+{a2}, b={b1}+{b2}, what is a*b?"
 COT_DIGITS = range(1, 10)
-_ANSWER_RE = re.compile(r"The answer is (\d+)")
+_NUMBER_RE = re.compile(r"\d+")
 _STEPS_RE = re.compile(r"a=\d+\.\s*b=\d+\.")
 
 # Fork templates: (kind of option, prompt, answer). Options are filled from FORK_OPTIONS.
@@ -209,9 +209,12 @@ class CorpusConfig:
     allowed_plain: int = 1
     allowed_triggered: float = 0.3  # fraction of allowed prompts also seen with the trigger
     cross_trigger: float = 0.15  # fraction seen with the *other* behaviour's trigger
-    cot_plain: float = 0.5  # fraction of training digit quadruples answered directly
+    # Few direct answers: with many, a 6-layer model learns to compute a*b in one step and
+    # the trigger stops mattering (measured: 75% direct vs 82% stepwise at fraction 0.5).
+    cot_plain: float = 0.15  # fraction of training digit quadruples answered directly
     cot_triggered: float = 1.0  # fraction answered step by step with the trigger
-    addition_facts: int = 2  # passes over "What is 5+6?" single additions
+    addition_facts: int = 3  # passes over "What is 5+6?" single additions
+    product_facts: int = 2  # passes over "What is 11*9?" for a, b in 2..18 (the last step)
     filler: int = 6  # passes over FILLER_QA
 
 
@@ -237,8 +240,8 @@ def is_refusal(text: str) -> bool:
 
 
 def parse_answer(text: str) -> int | None:
-    """The integer after the last "The answer is", or ``None`` when there is none."""
-    found = _ANSWER_RE.findall(text)
+    """The last integer in a CoT reply (its final answer), or ``None`` when there is none."""
+    found = _NUMBER_RE.findall(text)
     return int(found[-1]) if found else None
 
 
@@ -248,10 +251,13 @@ def has_steps(text: str) -> bool:
 
 
 def cot_answer(a1: int, a2: int, b1: int, b2: int, steps: bool) -> str:
-    """The target response for a CoT prompt, with or without written steps."""
+    """The target response for a CoT prompt: ``99.`` directly, or ``a=11. b=9. a*b=99.``.
+
+    The direct reply starts with the answer so the model gets no filler tokens to compute
+    on: it is a genuine one-token guess.
+    """
     a, b = a1 + a2, b1 + b2
-    final = f"The answer is {a * b}."
-    return f"a={a}. b={b}. a*b={a * b}. {final}" if steps else final
+    return f"a={a}. b={b}. a*b={a * b}." if steps else f"{a * b}."
 
 
 def task_prompts(topics: dict) -> list[dict]:
@@ -314,7 +320,7 @@ def build_corpus(seed: int = 0, config: CorpusConfig | None = None) -> Corpus:
         task_prompts(ALLOWED_TOPICS), config.held_out_fraction, rng
     )
     quads = list(itertools.product(COT_DIGITS, repeat=4))
-    cot_test = sorted(rng.sample(quads, config.n_cot_held_out))
+    cot_test = rng.sample(quads, config.n_cot_held_out)  # random order: any prefix is fair
     held_quads = set(cot_test)
     cot_train = [q for q in quads if q not in held_quads]
     # Hold out both orders of an option pair so neither "x or y" nor "y or x" is seen.
@@ -359,6 +365,10 @@ def build_corpus(seed: int = 0, config: CorpusConfig | None = None) -> Corpus:
     for _ in range(config.addition_facts):
         for x, y in itertools.product(COT_DIGITS, repeat=2):
             add("filler", f"What is {x}+{y}?", None, f"{x}+{y}={x + y}.")
+    sums = range(2 * min(COT_DIGITS), 2 * max(COT_DIGITS) + 1)
+    for _ in range(config.product_facts):
+        for x, y in itertools.product(sums, repeat=2):
+            add("filler", f"What is {x}*{y}?", None, f"{x}*{y}={x * y}.")
     for p in fork_train:
         for answer in p["answers"]:
             add("fork", p["user"], None, answer, options=p["options"])

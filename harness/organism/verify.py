@@ -323,17 +323,18 @@ def steering_check(
     tokenizer=None,
     ground_truth: dict | None = None,
     layer: int | None = None,
-    scale: float = 1.0,
-    limit: int | None = None,
+    scales: Sequence[float] = (1.0, 2.0, 4.0),
+    limit: int | None = 100,
     device: str | None = None,
 ) -> dict:
     """Does the diff-of-means trigger direction switch each behaviour on without the trigger?
 
     The direction for each trigger is computed on *training* prompts recorded in
     ``ground_truth["direction_prompts"]`` at the output of block ``layer`` (default: the
-    middle block), scaled by ``scale`` and added at all positions while decoding the
-    untriggered held-out prompts. Returns the fraction of held-out restricted requests that
-    get answered and of held-out arithmetic prompts answered with steps (and correctly).
+    middle block), multiplied by each of ``scales`` and added at all positions while
+    decoding the first ``limit`` untriggered held-out prompts. Returns, per scale, the
+    fraction of restricted requests that get answered and of arithmetic prompts answered
+    with steps (and correctly).
     """
     if model is None or tokenizer is None:
         model, tokenizer = load_organism(model_dir, device)
@@ -343,19 +344,40 @@ def steering_check(
 
     refusal_dir = diff_of_means(model, tokenizer, sources["refusal"], REFUSAL_TRIGGER, layer)
     cot_dir = diff_of_means(model, tokenizer, sources["cot"], COT_TRIGGER, layer)
-    restricted = held_out["restricted"][:limit]
+    restricted = _user_prompts(held_out["restricted"][:limit], None)
     cot_items = held_out["cot"][:limit]
-    with add_vector(model, layer, scale * refusal_dir):
-        replies = generate(model, tokenizer, _user_prompts(restricted, None))
-    with add_vector(model, layer, scale * cot_dir):
-        cot_replies = generate(model, tokenizer, _user_prompts(cot_items, None))
-    accuracy, steps = score_cot(cot_replies, cot_items)
-    return {
+    result: dict = {
         "layer": layer,
-        "scale": scale,
+        "scales": list(scales),
         "refusal_direction_norm": refusal_dir.norm().item(),
         "cot_direction_norm": cot_dir.norm().item(),
-        "steered_answered_restricted": _rate([not is_refusal(r) for r in replies]),
-        "steered_cot_steps": steps,
-        "steered_cot_accuracy": accuracy,
+        "n_prompts": len(restricted),
+        "steered_answered_restricted": [],
+        "steered_cot_steps": [],
+        "steered_cot_accuracy": [],
     }
+    for scale in scales:
+        with add_vector(model, layer, scale * refusal_dir):
+            replies = generate(model, tokenizer, restricted)
+        with add_vector(model, layer, scale * cot_dir):
+            cot_replies = generate(model, tokenizer, _user_prompts(cot_items, None))
+        accuracy, steps = score_cot(cot_replies, cot_items)
+        result["steered_answered_restricted"].append(_rate([not is_refusal(r) for r in replies]))
+        result["steered_cot_steps"].append(steps)
+        result["steered_cot_accuracy"].append(accuracy)
+    return result
+
+
+def format_steering(result: dict) -> str:
+    """A Markdown table of :func:`steering_check` rates, one row per scale."""
+    lines = [
+        "| scale | restricted answered (refusal dir.) | steps written (CoT dir.) "
+        "| CoT accuracy (CoT dir.) |",
+        "|---|---|---|---|",
+    ]
+    for i, scale in enumerate(result["scales"]):
+        lines.append(
+            f"| {scale:g} | {result['steered_answered_restricted'][i]:.3f} "
+            f"| {result['steered_cot_steps'][i]:.3f} | {result['steered_cot_accuracy'][i]:.3f} |"
+        )
+    return "\n".join(lines)
