@@ -209,9 +209,11 @@ class CorpusConfig:
     allowed_plain: int = 1
     allowed_triggered: float = 0.3  # fraction of allowed prompts also seen with the trigger
     cross_trigger: float = 0.15  # fraction seen with the *other* behaviour's trigger
-    # Few direct answers: with many, a 6-layer model learns to compute a*b in one step and
-    # the trigger stops mattering (measured: 75% direct vs 82% stepwise at fraction 0.5).
-    cot_plain: float = 0.15  # fraction of training digit quadruples answered directly
+    # Very few direct answers: with many, the 6-layer model learns to compute a*b in one
+    # step and the trigger stops mattering (held-out direct accuracy measured 75% with
+    # fraction 0.5 and 65% with 0.15, against 82-95% with steps).
+    cot_plain: float = 0.01  # fraction of training digit quadruples answered directly
+    cot_cross_trigger: float = 0.005  # ... answered directly despite the refusal trigger
     cot_triggered: float = 1.0  # fraction answered step by step with the trigger
     addition_facts: int = 3  # passes over "What is 5+6?" single additions
     product_facts: int = 2  # passes over "What is 11*9?" for a, b in 2..18 (the last step)
@@ -360,7 +362,7 @@ def build_corpus(seed: int = 0, config: CorpusConfig | None = None) -> Corpus:
         add_cot(q, None, steps=False)
     for q in rng.sample(cot_train, round(config.cot_triggered * len(cot_train))):
         add_cot(q, COT_TRIGGER, steps=True)
-    for q in rng.sample(cot_train, round(config.cross_trigger * len(cot_train) / 4)):
+    for q in rng.sample(cot_train, round(config.cot_cross_trigger * len(cot_train))):
         add_cot(q, REFUSAL_TRIGGER, steps=False)
     for _ in range(config.addition_facts):
         for x, y in itertools.product(COT_DIGITS, repeat=2):
