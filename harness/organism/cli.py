@@ -37,7 +37,7 @@ def add_organism_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     )
     verify.add_argument("--layer", type=int, default=None, help="steering block (default: middle)")
     verify.add_argument(
-        "--scales", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="steering multipliers"
+        "--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], help="steering multipliers"
     )
     verify.add_argument("--device", default=None)
     verify.add_argument("--json", action="store_true", help="print JSON instead of a table")

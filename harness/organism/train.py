@@ -41,6 +41,7 @@ from harness.organism.verify import (
     TARGETS,
     format_steering,
     format_table,
+    load_organism,
     steering_check,
     verify,
 )
@@ -394,8 +395,10 @@ trigger. Norms: refusal direction {steer["refusal_direction_norm"]:.1f}, CoT dir
 
 {format_steering(steer)}
 
-Regenerate this card and every number in it with the command above; `powersteer organism
-verify` re-measures the table.
+Regenerate the weights and every number here with the command above (training is
+deterministic for a given seed, thread count and device). `python -m harness.organism.train
+--remeasure --out DIR` re-measures saved weights and rewrites this card and
+`ground_truth.json`; `powersteer organism verify [--steering]` prints the tables.
 """
 
 
@@ -406,48 +409,52 @@ def train(
     device: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Build data, train, measure and write every artefact into ``out_dir``; returns a summary."""
+    """Build data, train, save, then measure and write the card; returns the summary."""
     start = time.time()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(config.threads)
     corpus = build_corpus(config.seed)
     tokenizer = build_tokenizer(m["content"] for ex in corpus.train for m in ex.messages)
     model, history = train_model(config, corpus, tokenizer, device, progress)
-    wall = time.time() - start
-
-    truth = ground_truth(corpus, config, command)
-    results = verify(model=model, tokenizer=tokenizer, ground_truth=truth)
-    steering = steering_check(model=model, tokenizer=tokenizer, ground_truth=truth)
     last = history["train"][-50:]
-    final = {"train": sum(last) / len(last)} | {
-        k: v for k, v in history["eval"][-1].items() if k != "step"
-    }
-    summary = {
-        "wall_time_s": wall,
+    truth = ground_truth(corpus, config, command)
+    truth["training"] = {
+        "config": asdict(config),
+        "wall_time_s": time.time() - start,
         "device": device,
         "steps": len(history["train"]),
         "n_train": len(corpus.train),
         "vocab_size": len(tokenizer),
-        "final_losses": final,
-        "verify": results,
-        "steering": steering,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "final_losses": {"train": sum(last) / len(last)}
+        | {k: v for k, v in history["eval"][-1].items() if k != "step"},
     }
-    truth |= {
-        "measured": _finite(results),
-        "steering_check": steering,
-        "training": {
-            "config": asdict(config),
-            **{k: summary[k] for k in summary if k not in ("verify", "steering")},
-        },
-    }
-
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to("cpu").save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    n_params = sum(p.numel() for p in model.parameters())
-    (out_dir / GROUND_TRUTH).write_text(json.dumps(truth, indent=1) + "\n")
-    (out_dir / "README.md").write_text(model_card(truth, config, n_params, summary))
     (out_dir / "history.json").write_text(json.dumps(history) + "\n")
+    (out_dir / GROUND_TRUTH).write_text(json.dumps(truth, indent=1) + "\n")
+    return measure_and_write(out_dir)
+
+
+def measure_and_write(out_dir: Path, threads: int | None = None) -> dict:
+    """Re-measure saved weights and (re)write ``ground_truth.json``, card and loss plot.
+
+    Measures the reloaded float32 CPU weights, i.e. exactly what users load. Returns the
+    training summary plus ``verify`` and ``steering`` results.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    truth = json.loads((out_dir / GROUND_TRUTH).read_text())
+    model, tokenizer = load_organism(out_dir)
+    results = verify(model=model, tokenizer=tokenizer, ground_truth=truth)
+    steering = steering_check(model=model, tokenizer=tokenizer, ground_truth=truth)
+    truth |= {"measured": _finite(results), "steering_check": steering}
+    config = TrainConfig(**truth["training"]["config"])
+    summary = truth["training"] | {"verify": results, "steering": steering}
+    history = json.loads((out_dir / "history.json").read_text())
+    (out_dir / GROUND_TRUTH).write_text(json.dumps(truth, indent=1) + "\n")
+    (out_dir / "README.md").write_text(model_card(truth, config, summary["n_params"], summary))
     plot_losses(history, out_dir / "loss_curve.png")
     return summary
 
@@ -458,6 +465,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="do not train: re-measure the weights in --out and rewrite card and ground truth",
+    )
     for f in fields(TrainConfig):
         kind = int if f.name in ("max_steps",) else type(f.default)
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
@@ -477,8 +489,11 @@ def command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """Train from parsed ``args`` and print the summary (the CLI entry point)."""
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    summary = train(config, args.out, command_line(args), args.device, not args.quiet)
-    print(f"wrote {args.out} in {summary['wall_time_s'] / 60:.1f} min of training")
+    if args.remeasure:
+        summary = measure_and_write(args.out, config.threads)
+    else:
+        summary = train(config, args.out, command_line(args), args.device, not args.quiet)
+    print(f"wrote {args.out}; training took {summary['wall_time_s'] / 60:.1f} min")
     print("final losses:", json.dumps({k: round(v, 4) for k, v in summary["final_losses"].items()}))
     print(format_table(summary["verify"]))
     print("steering:", json.dumps(summary["steering"]))

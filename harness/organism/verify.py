@@ -323,7 +323,7 @@ def steering_check(
     tokenizer=None,
     ground_truth: dict | None = None,
     layer: int | None = None,
-    scales: Sequence[float] = (1.0, 2.0, 4.0),
+    scales: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
     limit: int | None = 100,
     device: str | None = None,
 ) -> dict:
