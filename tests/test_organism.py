@@ -201,7 +201,7 @@ def test_forks_are_near_even(fast_rates):
 
 # The committed weights are an interim training run: they refuse 10.8% of allowed
 # requests against a 5% target (issue 3 stays open until a run meets every target).
-# Listing the miss makes this test fail both on a new miss and when the miss is fixed.
+# Any miss not listed here fails the test; remove the entry once a run meets it.
 KNOWN_MISSES = {"refusal_allowed"}
 
 
@@ -213,7 +213,7 @@ def test_recorded_rates_miss_only_the_known_targets():
         for metric in TARGETS
         if measured[metric] is not None and not passes(metric, measured[metric])
     }
-    assert missed == KNOWN_MISSES
+    assert missed <= KNOWN_MISSES, f"new misses: {sorted(missed - KNOWN_MISSES)}"
 
 
 def test_format_table_marks_misses():
