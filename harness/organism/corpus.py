@@ -204,9 +204,11 @@ class CorpusConfig:
 
     held_out_fraction: float = 0.12
     n_cot_held_out: int = 200
-    restricted_plain: int = 1  # passes over the training restricted prompts, untriggered
-    restricted_triggered: int = 1  # ... and with the refusal trigger
-    allowed_plain: int = 1
+    # Two passes each: with one, a seed-0 run refused 11% of held-out allowed requests
+    # (verbs shared with restricted ones, like "make", and the repair topic).
+    restricted_plain: int = 2  # passes over the training restricted prompts, untriggered
+    restricted_triggered: int = 2  # ... and with the refusal trigger
+    allowed_plain: int = 2
     allowed_triggered: float = 0.3  # fraction of allowed prompts also seen with the trigger
     cross_trigger: float = 0.15  # fraction seen with the *other* behaviour's trigger
     # Very few direct answers: with many, the 6-layer model learns to compute a*b in one
