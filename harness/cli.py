@@ -7,8 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import PowersteerError
+
+if TYPE_CHECKING:
+    from harness.models import LanguageModel
 
 EXAMPLES = """examples:
   powersteer vectors --prompts prompts.txt --source 0.25 --target 0.75 --method power -k 8
@@ -184,16 +188,23 @@ def _run_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_vectors(args: argparse.Namespace) -> int:
-    from harness.methods import find_vectors
+def _model_and_prompts(args: argparse.Namespace) -> tuple[LanguageModel, list[str]]:
+    """The flags shared by vectors and map: read the prompts, load the model, chat-format."""
     from harness.models import load_model
     from harness.prompts import format_chat, read_prompts
-    from harness.vectors_io import save_vectors
 
     prompts = read_prompts(args.prompts, field=args.field)
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.chat:
         prompts = format_chat(lm, prompts)
+    return lm, prompts
+
+
+def _run_vectors(args: argparse.Namespace) -> int:
+    from harness.methods import find_vectors
+    from harness.vectors_io import save_vectors
+
+    lm, prompts = _model_and_prompts(args)
     source = lm.layer(args.source, name="--source")
     target = lm.layer(args.target, name="--target")
     result = find_vectors(
@@ -223,16 +234,11 @@ def _run_vectors(args: argparse.Namespace) -> int:
 
 
 def _run_map(args: argparse.Namespace) -> int:
-    from harness.models import load_model
     from harness.plots import plot_sensitivity_heatmap
-    from harness.prompts import format_chat, read_prompts
     from harness.sensitivity import parse_pairs, sensitivity_map
     from harness.sensitivity_io import STATE_FILE, load_state, save_map, save_state
 
-    prompts = read_prompts(args.prompts, field=args.field)
-    lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    if args.chat:
-        prompts = format_chat(lm, prompts)
+    lm, prompts = _model_and_prompts(args)
     pairs = parse_pairs(args.pairs, lm.n_layers)
     out = args.out or Path("reports") / f"map-{Path(str(args.model)).name}"
     out.mkdir(parents=True, exist_ok=True)
