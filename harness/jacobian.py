@@ -193,9 +193,7 @@ class LayerJacobian:
         return rows[:, None, :]
 
     def _select_targets(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
-        """``(k · n_prompts, tokens, d)`` to ``(k, M)`` over the target positions."""
-        grouped = hidden.reshape(k, self.n_prompts, *hidden.shape[1:])
-        return grouped[:, self.batch.target_mask].reshape(k, -1)
+        return stack_targets(hidden, self.batch, k)
 
     def _sum_over_prompts(self, grad: torch.Tensor, k: int) -> torch.Tensor:
         # θ is shared by all prompts, so its gradient sums the per-row gradients.
@@ -213,6 +211,12 @@ class LayerJacobian:
             raise PowersteerError(
                 f"{what} takes a (k, {width}) matrix of row vectors, got {tuple(matrix.shape)}"
             )
+
+
+def stack_targets(hidden: torch.Tensor, batch: PromptBatch, k: int) -> torch.Tensor:
+    """``(k · n_prompts, tokens, d)`` to ``(k, M)``: each copy's target positions, stacked."""
+    grouped = hidden.reshape(k, batch.n_prompts, *hidden.shape[1:])
+    return grouped[:, batch.target_mask].reshape(k, -1)
 
 
 def _lacks_forward_ad(error: BaseException) -> bool:

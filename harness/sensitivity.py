@@ -22,7 +22,7 @@ import torch.autograd.forward_ad as forward_ad
 from tqdm.auto import tqdm
 
 from harness.errors import PowersteerError
-from harness.jacobian import PassCount
+from harness.jacobian import PassCount, stack_targets
 from harness.layers import resolve_layer_pair
 from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
 from harness.methods.power import rayleigh_ritz
@@ -254,8 +254,7 @@ def _group(pairs: Sequence[Pair], members: Sequence[int], by: int) -> dict[int, 
 
 def _targets_of(hidden: torch.Tensor, batch: PromptBatch, rows: slice, width: int) -> torch.Tensor:
     """Rows ``rows`` of ``(rows, tokens, d)`` to ``(width, M)`` over the target positions."""
-    grouped = hidden[rows].reshape(width, batch.n_prompts, *hidden.shape[1:])
-    return grouped[:, batch.target_mask].reshape(width, -1)
+    return stack_targets(hidden[rows], batch, width)
 
 
 def _jvp_by_source(
