@@ -13,6 +13,7 @@ anywhere is an error)::
       field: prompt                   # the row field holding the prompt text (default prompt)
       chat_template: auto             # auto: use the model's chat template if it has one;
                                       # true: require one; false: plain text
+      system: You are a helpful assistant.  # optional system turn (needs the chat template)
       limit: 64                       # use the first N rows (default all)
     contrast:                         # optional, same keys as prompts: prompts that show the
       path: data/harmless.jsonl       # target behavior; CAA's direction is
@@ -28,6 +29,11 @@ anywhere is an error)::
       num_vectors: 8
       scales: [0, 0.5, 1, 2, 4, 8]    # multiples of the median residual norm at the source
       target_tokens: 2                # optional: only the last N prompt tokens as target
+      options:                        # optional keyword arguments for each method
+        melbo: {steps: 150}           # (see harness.methods: power_steering, melbo, ...)
+    coherence:                        # when a steered output still counts as coherent
+      max_loglik_drop: 3.0            # nats/token below the median unsteered completion
+      max_repetition: 0.5             # repeated-trigram fraction of the completion
     split: {select: 0.5, seed: 0}     # fraction of prompts used to pick vector and scale
     expect:                           # CI thresholds, checked on the held-out prompts
       min_success: 0.6                # success rate (needs a success-metric scorer)
@@ -109,6 +115,7 @@ class PromptSource(_Section):
     config: str | None = None
     field: str = "prompt"
     chat_template: ChatTemplate = "auto"
+    system: str | None = None
     limit: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
@@ -121,6 +128,11 @@ class PromptSource(_Section):
         if self.path is not None and (self.split is not None or self.config is not None):
             raise ValueError(
                 "split and config belong to an hf dataset, not a file; remove them or use hf:"
+            )
+        if self.system is not None and self.chat_template is False:
+            raise ValueError(
+                "system: a system turn needs the chat template; "
+                "set chat_template: auto (or true), or remove system"
             )
         if self.path is not None and not self.path.endswith(PROMPT_SUFFIXES):
             raise ValueError(
@@ -163,9 +175,12 @@ class Steering(_Section):
     num_vectors: int = Field(default=8, ge=1)
     scales: list[float] = Field(default_factory=lambda: [0, 0.5, 1, 2, 4, 8], min_length=1)
     target_tokens: int | None = Field(default=None, ge=1)
+    options: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Steering:
+        for method, options in self.options.items():
+            _check_method_options(method, options)
         repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
         if repeated:
             raise ValueError(f"{repeated[0]!r} is listed twice in methods; list each once")
@@ -177,6 +192,13 @@ class Steering(_Section):
                 "steering only reaches later blocks, so choose target_layer > source_layer"
             )
         return self
+
+
+class Coherence(_Section):
+    """When a steered completion still counts as coherent (see :mod:`harness.coherence`)."""
+
+    max_loglik_drop: float = Field(default=3.0, gt=0.0)
+    max_repetition: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
 class Split(_Section):
@@ -200,6 +222,7 @@ class Behavior(_Section):
     scorer: ScorerSpec
     generation: Generation = Field(default_factory=Generation)
     steering: Steering = Field(default_factory=Steering)
+    coherence: Coherence = Field(default_factory=Coherence)
     split: Split = Field(default_factory=Split)
     expect: Expect = Field(default_factory=Expect)
 
@@ -327,6 +350,28 @@ def load_prompt_rows(
                 f"{spec.field!r} (its fields: {fields}); set field: to the prompt's key"
             )
     return rows
+
+
+def _check_method_options(method: str, options: dict[str, Any]) -> None:
+    """Options must be keyword arguments of the method's function (not the ones the sweep sets)."""
+    import inspect
+
+    from harness.methods import METHOD_FUNCTIONS
+
+    owned = {"lm", "prompts", "contrast", "source", "target", "k", "num_vectors", "seed"}
+    accepted = sorted(
+        name
+        for name in inspect.signature(METHOD_FUNCTIONS[method]).parameters
+        if name not in owned and name != "progress"
+    )
+    for key in options:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"options.{method}: {method} has no option {key!r}; "
+                f"{hint}its options are: {', '.join(accepted) or 'none'}"
+            )
 
 
 def prompt_texts(rows: Sequence[dict[str, Any]], spec: PromptSource) -> list[str]:

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from harness.models import LanguageModel
 
 EXAMPLES = """examples:
+  powersteer run                                   # organism behaviors on the organism
+  powersteer run behaviors/real --model smollm2-135m-instruct
+  powersteer report reports/organism-1a2b3c4d
   powersteer vectors --prompts prompts.txt --source 0.25 --target 0.75 --method power -k 8
   powersteer vectors --model ./my-model --prompts data.jsonl --field prompt \\
       --source 6 --target -4 --method melbo -k 4 --out melbo.safetensors
@@ -30,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_commands(commands)
     _add_vectors_command(commands)
     _add_map_command(commands)
     _add_organism_commands(commands)
@@ -38,8 +42,106 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_commands(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "run",
+        help="sweep behaviors (vectors x sign x scale) and write a report",
+        description="For each behavior: find vectors with each method on the select "
+        "prompts, sweep both signs and every scale, choose each method's vector and scale "
+        "there, measure the held-out prompts, and write reports/<run-id>/ (report.md, "
+        "report.html, results.parquet, plots, vectors.safetensors, manifest.json). Running "
+        "the same command again resumes from the cache in the run directory.",
+        epilog="examples:\n  powersteer run\n  powersteer run behaviors/organism/anti_refusal.yaml "
+        "--out reports/refusal\n  powersteer run behaviors/real --model smollm2-135m-instruct",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "behaviors",
+        nargs="*",
+        metavar="BEHAVIOR",
+        help="behavior YAML files or directories (default: the organism behaviors)",
+    )
+    run.add_argument(
+        "--behaviors",
+        dest="behavior_dirs",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="more behavior files or directories",
+    )
+    run.add_argument(
+        "--model",
+        default="organism",
+        help="catalogue name, hub id, local directory or .gguf (default organism)",
+    )
+    run.add_argument("--out", type=Path, help="run directory (default reports/<model>-<hash>)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the methods (default 0)")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--dtype", default="float32")
+    run.add_argument(
+        "--batch-rows",
+        type=int,
+        default=512,
+        help="prompts generated together (cells x prompts); lower it on OOM",
+    )
+    run.set_defaults(handler=_run_run)
+    report = commands.add_parser(
+        "report",
+        help="rebuild a run's report from its saved results",
+        description="Rewrite report.md, report.html and the plots of RUN_DIR from "
+        "results.parquet, vectors.safetensors and manifest.json; no model needed.",
+        epilog="example:\n  powersteer report reports/organism-1a2b3c4d",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    report.set_defaults(handler=_run_report)
+    rescore = commands.add_parser(
+        "rescore",
+        help="score a run's saved generations again with a changed scorer",
+        description="Score the generations saved in RUN_DIR again with the scorer of "
+        "BEHAVIOR_FILE (same behavior name), redo the selection and rebuild the report. "
+        "Nothing is generated again.",
+        epilog="example:\n  powersteer rescore reports/organism-1a2b3c4d "
+        "--behavior behaviors/organism/anti_refusal.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rescore.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    rescore.add_argument("--behavior", type=Path, required=True, metavar="FILE")
+    rescore.set_defaults(handler=_run_rescore)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from harness.pipeline import run, summary_lines
+
+    result = run(
+        [*args.behaviors, *args.behavior_dirs],
+        model=args.model,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        batch_rows=args.batch_rows,
+    )
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from harness.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
+def _run_rescore(args: argparse.Namespace) -> int:
+    from harness.pipeline import rescore
+
+    print(f"wrote {rescore(args.run_dir, args.behavior)}")
+    return 0
+
+
 def _add_vectors_command(commands: argparse._SubParsersAction) -> None:
-    from harness.methods import METHODS
+    from harness.methods import METHODS, SUPERVISED_METHODS
 
     vectors = commands.add_parser(
         "vectors",
@@ -57,7 +159,9 @@ def _add_vectors_command(commands: argparse._SubParsersAction) -> None:
         help="source block: index (negative from the end) or fraction of depth",
     )
     vectors.add_argument("--target", required=True, help="target block, after the source")
-    vectors.add_argument("--method", default="power", choices=sorted(METHODS))
+    vectors.add_argument(
+        "--method", default="power", choices=sorted(set(METHODS) - SUPERVISED_METHODS)
+    )
     vectors.add_argument("-k", "--num-vectors", type=int, default=8, dest="k")
     vectors.add_argument(
         "--max-iter", type=int, default=15, help="power: most power iterations (default 15)"

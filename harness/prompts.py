@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,18 +47,22 @@ class PromptBatch:
         )
 
 
-def format_chat(lm: LanguageModel, prompts: Sequence[str]) -> list[str]:
-    """Wrap each prompt as one user turn with the tokenizer's chat template."""
+def format_chat(
+    lm: LanguageModel, prompts: Sequence[str], *, system: str | None = None
+) -> list[str]:
+    """Wrap each prompt as one user turn (after a ``system`` turn, if given) with the
+    tokenizer's chat template."""
     if not getattr(lm.tokenizer, "chat_template", None):
         raise PowersteerError(
             f"model {lm.name!r} has no chat template; set chat_template: false "
             "(or pass chat=False) to use the prompts as plain text"
         )
+    opening = [{"role": "system", "content": system}] if system is not None else []
     # enable_thinking=False: Qwen3-style templates would otherwise open every reply with a
     # <think> block; templates that do not know the variable ignore it.
     return [
         lm.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}],
+            [*opening, {"role": "user", "content": prompt}],
             tokenize=False,
             add_generation_prompt=True,
             enable_thinking=False,
@@ -83,13 +88,8 @@ def encode_prompts(
         raise PowersteerError("the prompt list is empty; give at least one prompt")
     if target_tokens is not None and target_tokens < 1:
         raise PowersteerError(f"target_tokens={target_tokens} must be None (all) or >= 1")
-    tokenizer = lm.tokenizer
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        encoded = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = previous_side
+    with padding_side(lm.tokenizer, "right"):
+        encoded = lm.tokenizer(list(prompts), return_tensors="pt", padding=True)
     attention_mask = encoded["attention_mask"].to(torch.bool)
     lengths = attention_mask.sum(dim=1)
     if int(lengths.min()) == 0:
@@ -105,6 +105,34 @@ def encode_prompts(
         attention_mask=encoded["attention_mask"].to(device),
         target_mask=target_mask.to(device),
     )
+
+
+@contextmanager
+def padding_side(tokenizer: object, side: str) -> Iterator[None]:
+    """Pad on ``side`` ("left" for generation, "right" elsewhere) inside the block only."""
+    previous = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = previous
+
+
+def pad_token_lists(
+    lm: LanguageModel, rows: Sequence[Sequence[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token-id lists into ``(input_ids, attention_mask)`` on the model's device.
+
+    Right padding keeps every real token at its unpadded position (see :class:`PromptBatch`).
+    """
+    width = max(len(row) for row in rows)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return input_ids.to(lm.device), attention_mask.to(lm.device)
 
 
 def read_prompts(path: str | os.PathLike[str], *, field: str = "prompt") -> list[str]:

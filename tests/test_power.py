@@ -67,7 +67,7 @@ def test_k_outside_one_to_d_model_is_refused(qwen3_tiny, k):
 
 
 def test_unknown_method_is_refused_with_the_known_ones(qwen3_tiny):
-    with pytest.raises(PowersteerError, match="unknown method 'telepathy'; choose one of melbo"):
+    with pytest.raises(PowersteerError, match="unknown method 'telepathy'; choose one of caa"):
         find_vectors("telepathy", qwen3_tiny, PROMPTS, SOURCE, TARGET)
 
 

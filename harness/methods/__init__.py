@@ -12,6 +12,7 @@ from typing import Any
 from harness.errors import PowersteerError
 from harness.layers import LayerSpec
 from harness.methods._result import SteeringVectors
+from harness.methods.caa import difference_of_means
 from harness.methods.melbo import median_residual_norm, melbo
 from harness.methods.power import power_steering
 from harness.methods.random import random_directions
@@ -56,7 +57,36 @@ def _random(
     return random_directions(lm, source, target, k, seed=seed, **options)
 
 
-METHODS: dict[str, MethodFunction] = {"power": _power, "melbo": _melbo, "random": _random}
+def _caa(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    source: LayerSpec,
+    target: LayerSpec,
+    k: int,
+    seed: int,
+    *,
+    contrast: Sequence[str] | None = None,
+    **options: Any,
+) -> SteeringVectors:
+    if contrast is None:
+        raise PowersteerError("method caa needs contrast prompts (contrast=...)")
+    return difference_of_means(lm, prompts, contrast, source, target, seed=seed, **options)
+
+
+METHODS: dict[str, MethodFunction] = {
+    "power": _power,
+    "melbo": _melbo,
+    "random": _random,
+    "caa": _caa,
+}
+# The functions whose keyword arguments are each method's options.
+METHOD_FUNCTIONS: dict[str, Callable[..., SteeringVectors]] = {
+    "power": power_steering,
+    "melbo": melbo,
+    "random": random_directions,
+    "caa": difference_of_means,
+}
+SUPERVISED_METHODS = frozenset({"caa"})  # need contrast prompts; return one direction
 
 
 def find_vectors(
@@ -70,7 +100,8 @@ def find_vectors(
     seed: int = 0,
     **options: Any,
 ) -> SteeringVectors:
-    """Run the registered ``method`` (``power``, ``melbo`` or ``random``)."""
+    """Run the registered ``method`` (``power``, ``melbo``, ``random``, or ``caa`` with
+    ``contrast=`` prompts)."""
     if method not in METHODS:
         raise PowersteerError(
             f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}"
@@ -80,6 +111,9 @@ def find_vectors(
 
 __all__ = [
     "METHODS",
+    "METHOD_FUNCTIONS",
+    "SUPERVISED_METHODS",
+    "difference_of_means",
     "SteeringVectors",
     "find_vectors",
     "median_residual_norm",

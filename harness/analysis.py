@@ -1,0 +1,315 @@
+"""From a sweep's rows to the numbers a report shows: selection, rates, tests, cost.
+
+Every function reads the ``results.parquet`` frame (one row per prompt × method × vector ×
+sign × scale, see :mod:`harness.sweep`) and returns a plain ``DataFrame`` or dict, so a
+report, a CI check and a notebook compute the same numbers the same way.
+
+Rules, stated once:
+
+The headline ``value`` (with ``low``/``high``) of a success behavior is the effective
+success rate; of a score behavior, the mean score.
+
+* **Selection** (select split only): for a success metric, each method's (vector, sign,
+  scale) with the highest rate of *coherent successes*, so a scale that breaks the model
+  cannot win; for a continuous score, the highest mean score among cells whose outputs
+  are at least half coherent (all cells if none are). Ties go to the smaller scale, then
+  the lower vector index, then the + sign.
+* **Rates** (test split): the success rate with a 95% Wilson interval; the *effective*
+  success rate, counting an incoherent output as a failure (steering that breaks the model
+  is not success), with its Wilson interval; the coherent fraction; the success rate among
+  coherent outputs (Wilson on the coherent count); the mean log-likelihood and repetition.
+  Scores: the mean with a 95% bootstrap interval.
+* **Comparisons** (test split, each method at its selected scale): Power Steering vs
+  MELBO, every method vs random, every method vs unsteered; exact McNemar on effective
+  success, a paired bootstrap on scores; Holm's correction over every comparison in the
+  report.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from harness.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
+
+if TYPE_CHECKING:
+    from harness.sweep import Cell
+
+UNSTEERED = "unsteered"
+METHOD_ORDER = ("power", "melbo", "caa", "random", UNSTEERED)
+COMPARED_PAIRS = (
+    ("power", "melbo"),
+    ("power", "random"),
+    ("melbo", "random"),
+    ("caa", "random"),
+    ("power", UNSTEERED),
+    ("melbo", UNSTEERED),
+    ("caa", UNSTEERED),
+    ("random", UNSTEERED),
+)
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def select_cells(
+    select_rows: pd.DataFrame,
+    metric: str,
+    keep_vectors: dict[str, tuple[int, int]] | None = None,
+) -> dict[str, Cell]:
+    """Each method's best (vector, sign, scale) on the select rows (rule in the module doc).
+
+    ``keep_vectors`` (method -> (vector, sign)) fixes the vector and sign and selects only
+    the scale, as a rescore does: the held-out prompts were measured for those alone.
+    """
+    from harness.sweep import Cell
+
+    steered = select_rows[select_rows["method"] != UNSTEERED].copy()
+    for method, (vector, sign) in (keep_vectors or {}).items():
+        other = (steered["method"] == method) & (
+            (steered["vector"] != vector) | (steered["sign"] != sign)
+        )
+        steered = steered[~other]
+    if "coherent" not in steered:
+        raise ValueError("select rows need a coherent column (harness.sweep.mark_coherent)")
+    keys = ["method", "vector", "sign", "scale"]
+    if metric == "success":
+        steered["objective"] = steered["success"].astype(bool) & steered["coherent"]
+    else:
+        steered["objective"] = steered["score"].astype(float)
+    cells = steered.groupby(keys, as_index=False).agg(
+        objective=("objective", "mean"), coherent=("coherent", "mean")
+    )
+    selection = {}
+    for method, group in cells.groupby("method"):
+        if metric != "success" and (group["coherent"] >= 0.5).any():
+            group = group[group["coherent"] >= 0.5]
+        best = group.sort_values(
+            ["objective", "scale", "vector", "sign"], ascending=[False, True, True, False]
+        ).iloc[0]
+        selection[str(method)] = Cell(
+            str(method), int(best["vector"]), int(best["sign"]), float(best["scale"])
+        )
+    return selection
+
+
+def rate_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per behavior × method × scale on the test split (method at its selected vector;
+    the unsteered rows appear once as ``unsteered`` at scale 0)."""
+    test = results[results["split"] == "test"]
+    records = []
+    for (behavior, method, scale), group in test.groupby(["behavior", "method", "scale"]):
+        records.append(
+            {
+                "behavior": behavior,
+                "method": method,
+                "scale": scale,
+                "metric": group["metric"].iloc[0],
+                **_summarise(group),
+            }
+        )
+    table = pd.DataFrame.from_records(records)
+    return _ordered(table, ["behavior", "method", "scale"])
+
+
+def selected_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per behavior × method: the rates at the method's selected scale (test split)."""
+    rates = rate_table(results)
+    chosen = _selected_scales(results)
+    keep = [
+        (row.method == UNSTEERED) or (chosen.get((row.behavior, row.method)) == row.scale)
+        for row in rates.itertuples()
+    ]
+    table = rates[keep].copy()
+    vectors = _selected_vectors(results)
+    table["vector"] = [
+        vectors.get((b, m), (-1, 0))[0] for b, m in zip(table.behavior, table.method, strict=True)
+    ]
+    table["sign"] = [
+        vectors.get((b, m), (-1, 0))[1] for b, m in zip(table.behavior, table.method, strict=True)
+    ]
+    return table.reset_index(drop=True)
+
+
+def comparisons(results: pd.DataFrame) -> pd.DataFrame:
+    """Paired tests at each method's selected scale on the test prompts, Holm-corrected
+    over every row of the table (all behaviors together)."""
+    test = results[results["split"] == "test"]
+    chosen = _selected_scales(results)
+    records = []
+    for behavior, rows in test.groupby("behavior"):
+        metric = rows["metric"].iloc[0]
+        present = set(rows["method"])
+        for a, b in COMPARED_PAIRS:
+            if a not in present or b not in present:
+                continue
+            left, right = _at_selection(rows, a, chosen), _at_selection(rows, b, chosen)
+            paired = left.merge(right, on="prompt_index", suffixes=("_a", "_b"))
+            record = {
+                "behavior": behavior,
+                "a": a,
+                "b": b,
+                "metric": metric,
+                "scale_a": _scale_of(left),
+                "scale_b": _scale_of(right),
+                "n": len(paired),
+            }
+            if metric == "success":
+                success_a = paired["success_a"].astype(bool) & paired["coherent_a"]
+                success_b = paired["success_b"].astype(bool) & paired["coherent_b"]
+                # mcnemar_exact returns (A fails & B succeeds, A succeeds & B fails, p).
+                b_only, a_only, p_value = mcnemar_exact(success_a, success_b)
+                record.update(
+                    test="exact McNemar",
+                    effect=float(success_a.mean() - success_b.mean()),
+                    a_only=a_only,
+                    b_only=b_only,
+                    p=p_value,
+                )
+            else:
+                diff, low, high, p_value = paired_bootstrap(
+                    paired["score_a"].astype(float),
+                    paired["score_b"].astype(float),
+                    n_resamples=BOOTSTRAP_RESAMPLES,
+                )
+                record.update(
+                    test="paired bootstrap",
+                    effect=diff,
+                    effect_low=low,
+                    effect_high=high,
+                    p=p_value,
+                )
+            records.append(record)
+    table = pd.DataFrame.from_records(records)
+    if not table.empty:
+        table["p_holm"] = holm(table["p"].tolist())
+    return table
+
+
+def cost_table(vector_metadata: dict[str, dict]) -> pd.DataFrame:
+    """Measured cost per behavior × method, from the run's vector metadata
+    (names ``behavior/method``), with forward passes and wall time relative to Power
+    Steering on the same behavior."""
+    records = []
+    for name, meta in vector_metadata.items():
+        behavior, method = name.split("/", 1)
+        records.append(
+            {
+                "behavior": behavior,
+                "method": method,
+                "k": meta["k"],
+                "forward_passes": meta["forward_passes"],
+                "prompt_passes": meta["prompt_passes"],
+                "wall_time_s": meta["wall_time_s"],
+                "iterations": meta.get("iterations"),
+                "converged": meta.get("converged"),
+            }
+        )
+    table = pd.DataFrame.from_records(records)
+    if table.empty:
+        return table
+    for column in ("forward_passes", "wall_time_s"):
+        power = table[table.method == "power"].set_index("behavior")[column]
+        table[f"{column}_vs_power"] = [
+            row[column] / power[row.behavior]
+            if row.behavior in power and power[row.behavior]
+            else math.nan
+            for _, row in table.iterrows()
+        ]
+    return _ordered(table, ["behavior", "method"])
+
+
+def recovered_fraction(selected: pd.DataFrame) -> pd.DataFrame:
+    """How much of the supervised (caa) effect over unsteered each method recovers, per
+    behavior with a caa row: ``(m - unsteered) / (caa - unsteered)`` of the headline value
+    (success rate, or mean score)."""
+    records = []
+    for behavior, rows in selected.groupby("behavior"):
+        value = rows.set_index("method")["value"]
+        if "caa" not in value or UNSTEERED not in value:
+            continue
+        gap = value["caa"] - value[UNSTEERED]
+        for method, v in value.items():
+            if method in (UNSTEERED, "caa"):
+                continue
+            records.append(
+                {
+                    "behavior": behavior,
+                    "method": method,
+                    "recovered": (v - value[UNSTEERED]) / gap if gap else math.nan,
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def _summarise(group: pd.DataFrame) -> dict[str, float]:
+    n = len(group)
+    coherent = group["coherent"].astype(bool)
+    summary: dict[str, float] = {
+        "n": n,
+        "coherent_fraction": float(coherent.mean()),
+        "mean_loglik": float(group["loglik"].mean()),
+        "mean_repetition": float(group["repetition"].mean()),
+    }
+    if group["metric"].iloc[0] == "success":
+        success = group["success"].astype(bool)
+        k = int(success.sum())
+        low, high = wilson_interval(k, n)
+        n_coherent = int(coherent.sum())
+        k_coherent = int((success & coherent).sum())
+        c_low, c_high = wilson_interval(k_coherent, n_coherent)
+        e_low, e_high = wilson_interval(k_coherent, n)
+        summary.update(
+            successes=k,
+            success_rate=k / n,
+            success_low=low,
+            success_high=high,
+            value=k_coherent / n,
+            low=e_low,
+            high=e_high,
+            n_coherent=n_coherent,
+            effective_successes=k_coherent,
+            success_given_coherent=k_coherent / n_coherent if n_coherent else math.nan,
+            given_coherent_low=c_low,
+            given_coherent_high=c_high,
+        )
+    else:
+        scores = group["score"].astype(float).to_numpy()
+        mean, low, high, _ = paired_bootstrap(
+            scores, np.zeros_like(scores), n_resamples=BOOTSTRAP_RESAMPLES
+        )
+        summary.update(value=mean, low=low, high=high)
+    return summary
+
+
+def _selected_scales(results: pd.DataFrame) -> dict[tuple[str, str], float]:
+    steered = results[(results["method"] != UNSTEERED) & results["selected_scale"].notna()]
+    pairs = steered.groupby(["behavior", "method"])["selected_scale"].first()
+    return {key: float(value) for key, value in pairs.items()}
+
+
+def _selected_vectors(results: pd.DataFrame) -> dict[tuple[str, str], tuple[int, int]]:
+    chosen = results[(results["split"] == "test") & (results["method"] != UNSTEERED)]
+    first = chosen.groupby(["behavior", "method"])[["vector", "sign"]].first()
+    return {key: (int(row.vector), int(row.sign)) for key, row in first.iterrows()}
+
+
+def _at_selection(rows: pd.DataFrame, method: str, chosen: dict) -> pd.DataFrame:
+    part = rows[rows["method"] == method]
+    if method != UNSTEERED:
+        part = part[part["scale"] == chosen[(part["behavior"].iloc[0], method)]]
+    return part[["prompt_index", "success", "coherent", "score", "scale"]]
+
+
+def _scale_of(part: pd.DataFrame) -> float:
+    return float(part["scale"].iloc[0]) if len(part) else math.nan
+
+
+def _ordered(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if table.empty or "method" not in table:
+        return table
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    table = table.assign(_rank=table["method"].map(lambda m: rank.get(m, len(rank))))
+    keys = [("_rank" if k == "method" else k) for k in keys]
+    return table.sort_values(keys).drop(columns="_rank").reset_index(drop=True)

@@ -1,0 +1,130 @@
+"""Batched generation with a steering vector per row, and how coherent the output is.
+
+A sweep puts many (vector, sign, scale) cells in one batch: row ``i`` is steered by
+``scales[i] * vectors[i]``, so one ``generate`` call covers them all. Coherence is judged
+by the *unsteered* model: the mean per-token log-likelihood it gives the steered
+completion (text it would never write scores far below its own), and the fraction of the
+completion's token trigrams that repeat an earlier one (steering too hard often loops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from harness.errors import PowersteerError
+from harness.models import LanguageModel
+from harness.prompts import pad_token_lists, padding_side
+from harness.steering import steer
+
+
+@dataclass(frozen=True)
+class Completions:
+    """``texts[i]`` decoded without special tokens; ``token_ids[i]`` the generated ids up to
+    and including the end-of-sequence token when one was produced."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+
+
+def generate(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    vectors: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+    layer: int | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> Completions:
+    """Complete ``prompts`` (final strings), steering row ``i`` by ``scales[i] * vectors[i]``
+    at block ``layer`` when vectors are given.
+
+    Prompts are left-padded so every row's next token sits at the same position; the
+    attention mask keeps pads out. ``temperature=0`` is greedy decoding; otherwise sampling
+    is seeded by ``seed``.
+    """
+    if vectors is not None and (layer is None or scales is None):
+        raise PowersteerError("steered generation needs vectors, scales and a layer together")
+    tokenizer = lm.tokenizer
+    with padding_side(tokenizer, "left"):
+        encoded = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    sampling = (
+        {"do_sample": False}
+        if temperature == 0
+        else {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+    )
+    if temperature:
+        torch.manual_seed(seed)
+    hook = nullcontext() if vectors is None else steer(lm, vectors, layer, scales)
+    with hook, torch.no_grad():
+        output = lm.model.generate(
+            input_ids=encoded["input_ids"].to(lm.device),
+            attention_mask=encoded["attention_mask"].to(lm.device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+        )
+    new_tokens = output[:, encoded["input_ids"].shape[1] :].cpu().tolist()
+    token_ids = [_until_eos(row, tokenizer.eos_token_id) for row in new_tokens]
+    texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+    return Completions(texts=[text.strip() for text in texts], token_ids=token_ids)
+
+
+def completion_loglik(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    completion_ids: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 64,
+) -> list[float]:
+    """Mean per-token log-likelihood of each completion given its prompt, unsteered.
+
+    NaN for an empty completion. Computed in float64 from the model's logits.
+    """
+    if len(prompts) != len(completion_ids):
+        raise PowersteerError(f"{len(prompts)} prompts but {len(completion_ids)} completions")
+    result: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = range(start, min(start + batch_size, len(prompts)))
+        prompt_ids = lm.tokenizer([prompts[i] for i in chunk])["input_ids"]
+        rows = [list(prompt_ids[j]) + list(completion_ids[i]) for j, i in enumerate(chunk)]
+        input_ids, attention_mask = pad_token_lists(lm, rows)
+        with torch.no_grad():
+            logits = lm.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        log_probs = torch.log_softmax(logits.double().cpu(), dim=-1)
+        for j, i in enumerate(chunk):
+            n_prompt, n_new = len(prompt_ids[j]), len(completion_ids[i])
+            if n_new == 0:
+                result.append(float("nan"))
+                continue
+            # The token at position p is predicted by the logits at position p - 1.
+            positions = torch.arange(n_prompt - 1, n_prompt - 1 + n_new)
+            targets = torch.tensor(list(completion_ids[i]))
+            result.append(float(log_probs[j, positions, targets].mean()))
+    return result
+
+
+def repetition_rate(token_ids: Sequence[int], n: int = 3) -> float:
+    """Fraction of the completion's ``n``-grams that already occurred earlier in it.
+
+    0 for text without repeats (and for completions shorter than ``n + 1`` tokens); close
+    to 1 for a completion stuck in a loop.
+    """
+    grams = [tuple(token_ids[i : i + n]) for i in range(len(token_ids) - n + 1)]
+    if len(grams) < 2:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def _until_eos(row: list[int], eos: int | list[int] | None) -> list[int]:
+    stops = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    for index, token in enumerate(row):
+        if token in stops:
+            return row[: index + 1]
+    return row

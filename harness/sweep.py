@@ -1,0 +1,476 @@
+"""The sweep: each method's vectors, both signs, every scale, on a behavior's prompts.
+
+Two phases, so nothing reported is chosen on the prompts it is reported on:
+
+1. On the ``select`` part of the prompts: the unsteered model, then every
+   (method, vector, sign, scale) cell. :func:`harness.analysis.select_cells` picks each
+   method's best (vector, sign, scale) there.
+2. On the ``test`` part: the unsteered model and each method's selected (vector, sign) at
+   every scale. Every number in a report comes from these rows.
+
+Scales are in units of the source block's median residual norm on the select prompts, so
+``scale = 1`` adds a vector as long as a typical residual. Each cell (one steering delta on
+one split's prompts) is cached on disk under a hash of everything that determines it
+(model weights, final prompt strings, block, the delta's bytes, generation settings, and
+a logits scorer's spec), so an interrupted sweep resumes where it stopped and a changed
+generation scorer reuses every generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from harness.behaviors import Behavior, prompt_texts, split_indices, use_chat_template
+from harness.errors import PowersteerError
+from harness.generation import completion_loglik, generate, repetition_rate
+from harness.layers import resolve_layer_pair
+from harness.methods import SUPERVISED_METHODS, SteeringVectors, find_vectors
+from harness.methods.melbo import median_residual_norm
+from harness.models import LanguageModel
+from harness.prompts import encode_prompts, format_chat
+from harness.scorers import GenerationScorer, LogitsScorer, Scorer
+from harness.vectors_io import load_vectors, save_vectors
+
+CACHE_VERSION = 1  # bump when a cell's content would change for the same key
+UNSTEERED = "unsteered"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One steering setting: ``method``'s vector ``vector`` times ``sign * scale``.
+
+    The unsteered cell is ``Cell("unsteered", -1, 0, 0.0)``.
+    """
+
+    method: str
+    vector: int
+    sign: int
+    scale: float
+
+
+UNSTEERED_CELL = Cell(UNSTEERED, -1, 0, 0.0)
+
+
+@dataclass
+class PreparedBehavior:
+    """A behavior's prompts made final for one model, split, with its layer pair."""
+
+    behavior: Behavior
+    rows: list[dict[str, Any]]
+    prompts: list[str]  # final strings (chat template applied)
+    contrast: list[str] | None
+    select: list[int]
+    test: list[int]
+    source: int
+    target: int
+
+    def split_prompts(self, split: str) -> list[str]:
+        return [self.prompts[i] for i in self.indices(split)]
+
+    def indices(self, split: str) -> list[int]:
+        return self.select if split == "select" else self.test
+
+
+@dataclass
+class BehaviorSweep:
+    """Everything one behavior's sweep produced."""
+
+    behavior: Behavior
+    results: pd.DataFrame
+    vectors: dict[str, SteeringVectors]
+    radius: float
+    selection: dict[str, Cell]
+    cells_computed: int = 0
+    cells_reused: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class ResultCache:
+    """Content-addressed JSON cells and vector files under ``root``; writes are atomic."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _path(self, kind: str, key: str, suffix: str) -> Path:
+        return self.root / kind / key[:2] / f"{key}{suffix}"
+
+    def get_cell(self, key: str) -> dict[str, Any] | None:
+        path = self._path("cells", key, ".json")
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged cell is recomputed, never trusted
+
+    def put_cell(self, key: str, payload: dict[str, Any]) -> None:
+        path = self._path("cells", key, ".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(payload), encoding="utf-8")
+        partial.replace(path)
+
+    def vectors_path(self, key: str) -> Path:
+        return self._path("vectors", key, ".safetensors")
+
+
+def prepare_behavior(lm: LanguageModel, behavior: Behavior) -> PreparedBehavior:
+    """Load the behavior's prompts, apply the chat template, split, and resolve layers."""
+    where = behavior.path or behavior.name
+    rows = behavior.prompt_rows()
+    prompts = _final_prompts(lm, prompt_texts(rows, behavior.prompts), behavior.prompts)
+    contrast = None
+    if behavior.contrast is not None:
+        contrast_rows = behavior.contrast_rows() or []
+        contrast = _final_prompts(
+            lm, prompt_texts(contrast_rows, behavior.contrast), behavior.contrast
+        )
+    if len(rows) < 2:
+        raise PowersteerError(
+            f"{where}: prompts: {len(rows)} prompt; a sweep needs at least 2 "
+            "(one to select on, one to report on); add prompts"
+        )
+    select, test = split_indices(len(rows), behavior.split)
+    try:
+        source, target = resolve_layer_pair(
+            behavior.steering.source_layer, behavior.steering.target_layer, lm.n_layers
+        )
+    except PowersteerError as error:
+        raise PowersteerError(f"{where}: steering: {error}") from None
+    return PreparedBehavior(behavior, rows, prompts, contrast, select, test, source, target)
+
+
+def sweep_behavior(
+    lm: LanguageModel,
+    behavior: Behavior,
+    cache: ResultCache,
+    *,
+    seed: int = 0,
+    batch_rows: int = 512,
+    progress: bool = True,
+) -> BehaviorSweep:
+    """Run both phases of the sweep for ``behavior``; see the module docstring."""
+    from harness.analysis import select_cells
+
+    prepared = prepare_behavior(lm, behavior)
+    scorer = behavior.make_scorer()
+    fingerprint = model_fingerprint(lm)
+    select_batch = encode_prompts(lm, prepared.split_prompts("select"))
+    radius = median_residual_norm(lm, select_batch, prepared.source)
+    vectors = {
+        method: _method_vectors(lm, prepared, method, cache, fingerprint, seed, progress)
+        for method in behavior.steering.methods
+    }
+    runner = _CellRunner(lm, prepared, scorer, cache, fingerprint, vectors, radius, batch_rows)
+    scales = [s for s in behavior.steering.scales if s != 0]
+    select_cells_list = [UNSTEERED_CELL] + [
+        Cell(method, index, sign, scale)
+        for method, result in vectors.items()
+        for index in range(result.k)
+        for sign in (1, -1)
+        for scale in scales
+    ]
+    select_frame = runner.run("select", select_cells_list, progress)
+    mark_coherent(select_frame, behavior)
+    selection = select_cells(select_frame, scorer.metric) if scales else {}
+    test_cells = [UNSTEERED_CELL] + [
+        Cell(method, chosen.vector, chosen.sign, scale)
+        for method, chosen in selection.items()
+        for scale in scales
+    ]
+    test_frame = runner.run("test", test_cells, progress)
+    results = pd.concat([select_frame, test_frame], ignore_index=True)
+    results["selected_scale"] = results["method"].map(
+        {method: chosen.scale for method, chosen in selection.items()}
+    )
+    chosen_vector = results["method"].map({m: c.vector for m, c in selection.items()})
+    chosen_sign = results["method"].map({m: c.sign for m, c in selection.items()})
+    results["selected"] = (results["vector"] == chosen_vector) & (results["sign"] == chosen_sign)
+    mark_coherent(results, behavior)
+    return BehaviorSweep(
+        behavior=behavior,
+        results=results,
+        vectors=vectors,
+        radius=radius,
+        selection=selection,
+        cells_computed=runner.computed,
+        cells_reused=runner.reused,
+    )
+
+
+def mark_coherent(results: pd.DataFrame, behavior: Behavior) -> None:
+    """Set ``coherent``: log-likelihood within ``max_loglik_drop`` nats/token of the median
+    unsteered completion on the select prompts, and repetition at most ``max_repetition``.
+    The reference comes from the select split only, so nothing on the test prompts feeds
+    into the choice of vector and scale."""
+    reference_rows = (results["method"] == UNSTEERED) & (results["split"] == "select")
+    unsteered = results.loc[reference_rows, "loglik"]
+    reference = float(unsteered.median()) if unsteered.notna().any() else float("nan")
+    rule = behavior.coherence
+    results["coherence_reference"] = reference
+    results["coherent"] = (results["loglik"] >= reference - rule.max_loglik_drop) & (
+        results["repetition"] <= rule.max_repetition
+    )
+
+
+def score_generations(scorer: Scorer, results: pd.DataFrame, rows: Sequence[dict]) -> None:
+    """(Re)compute ``success`` and ``score`` of saved generations with a generation scorer."""
+    if not isinstance(scorer, GenerationScorer):
+        raise PowersteerError(
+            f"scorer {scorer.name!r} reads the model's logits, not saved generations; "
+            "rescoring cannot change it; run `powersteer run` again (cached cells are reused)"
+        )
+    outcomes = [
+        scorer.score(completion, rows[int(index)])
+        for completion, index in zip(results["completion"], results["prompt_index"], strict=True)
+    ]
+    results["success"] = [o.success for o in outcomes]
+    results["score"] = [o.value for o in outcomes]
+
+
+def model_fingerprint(lm: LanguageModel) -> str:
+    """A hash of the model's name, config and every parameter's sum (cheap, and changes
+    whenever the weights do in practice)."""
+    digest = hashlib.sha256()
+    digest.update(lm.name.encode())
+    digest.update(lm.model.config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, parameter in lm.model.named_parameters():
+            digest.update(name.encode())
+            digest.update(repr(float(parameter.double().sum())).encode())
+    return digest.hexdigest()
+
+
+def content_key(**parts: Any) -> str:
+    """A sha256 of ``parts`` as canonical JSON."""
+    text = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _final_prompts(lm: LanguageModel, texts: list[str], spec: Any) -> list[str]:
+    has_template = bool(getattr(lm.tokenizer, "chat_template", None))
+    if use_chat_template(spec, has_template):
+        return format_chat(lm, texts, system=spec.system)
+    if spec.system is not None:
+        raise PowersteerError(
+            f"model {lm.name!r} has no chat template, so the system turn cannot be used; "
+            "remove system: or use a chat model"
+        )
+    return texts
+
+
+def _method_vectors(
+    lm: LanguageModel,
+    prepared: PreparedBehavior,
+    method: str,
+    cache: ResultCache,
+    fingerprint: str,
+    seed: int,
+    progress: bool,
+) -> SteeringVectors:
+    """The method's vectors on the select prompts, from the cache when computed before."""
+    steering = prepared.behavior.steering
+    options = dict(steering.options.get(method, {}))
+    if method in ("power", "melbo") and steering.target_tokens is not None:
+        options.setdefault("target_tokens", steering.target_tokens)
+    prompts = prepared.split_prompts("select")
+    k = 1 if method in SUPERVISED_METHODS else steering.num_vectors
+    key = content_key(
+        kind="vectors",
+        model=fingerprint,
+        method=method,
+        prompts=prompts,
+        contrast=prepared.contrast if method in SUPERVISED_METHODS else None,
+        source=prepared.source,
+        target=prepared.target,
+        k=k,
+        seed=seed,
+        options=options,
+    )
+    path = cache.vectors_path(key)
+    if path.is_file():
+        return load_vectors(path)[0]
+    if method in ("power", "melbo"):
+        options["progress"] = progress
+    if method in SUPERVISED_METHODS:
+        options["contrast"] = prepared.contrast
+    result = find_vectors(
+        method, lm, prompts, prepared.source, prepared.target, k, seed=seed, **options
+    )
+    result.options.pop("progress", None)
+    save_vectors(path, result)
+    return result
+
+
+class _CellRunner:
+    """Evaluates cells in batches, reusing cached ones, and returns one row per prompt."""
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        prepared: PreparedBehavior,
+        scorer: Scorer,
+        cache: ResultCache,
+        fingerprint: str,
+        vectors: dict[str, SteeringVectors],
+        radius: float,
+        batch_rows: int,
+    ) -> None:
+        self.lm, self.prepared, self.scorer, self.cache = lm, prepared, scorer, cache
+        self.fingerprint, self.vectors, self.radius = fingerprint, vectors, radius
+        self.batch_rows = batch_rows
+        self.computed = self.reused = 0
+        # (prompt, completion ids) -> unsteered log-likelihood. Many cells (small scales,
+        # random directions) reproduce the unsteered completion; scoring it once is exact.
+        self.loglik_memo: dict[tuple[str, tuple[int, ...]], float] = {}
+        generation = prepared.behavior.generation
+        self.generation = {
+            "max_new_tokens": generation.max_new_tokens,
+            "temperature": generation.temperature,
+        }
+
+    def delta(self, cell: Cell) -> torch.Tensor:
+        """The raw vector added at the source block (zeros when unsteered)."""
+        if cell.method == UNSTEERED:
+            return torch.zeros(self.lm.d_model)
+        unit = self.vectors[cell.method].vectors[cell.vector].float()
+        return unit * (cell.sign * cell.scale * self.radius)
+
+    def key(self, cell: Cell, prompts: list[str]) -> str:
+        logits_spec = (
+            self.prepared.behavior.scorer.as_dict()
+            if isinstance(self.scorer, LogitsScorer)
+            else None
+        )
+        return content_key(
+            kind="cell",
+            model=self.fingerprint,
+            prompts=prompts,
+            layer=self.prepared.source,
+            delta=tensor_digest(self.delta(cell)),
+            generation=self.generation,
+            logits_scorer=logits_spec,
+            seed=self.prepared.behavior.split.seed,
+        )
+
+    def run(self, split: str, cells: list[Cell], progress: bool) -> pd.DataFrame:
+        prompts = self.prepared.split_prompts(split)
+        payloads: dict[Cell, dict[str, Any]] = {}
+        missing: list[tuple[Cell, str]] = []
+        for cell in cells:
+            key = self.key(cell, prompts)
+            cached = self.cache.get_cell(key)
+            if cached is not None and len(cached.get("completions", ())) == len(prompts):
+                payloads[cell] = cached
+                self.reused += 1
+            else:
+                missing.append((cell, key))
+        per_batch = max(1, self.batch_rows // len(prompts))
+        batches = [missing[i : i + per_batch] for i in range(0, len(missing), per_batch)]
+        name = self.prepared.behavior.name
+        bar = tqdm(
+            total=len(missing),
+            desc=f"{name} {split} cells",
+            unit="cell",
+            disable=not progress or not missing,
+            leave=False,
+        )
+        with bar:
+            for batch in batches:
+                for (cell, key), payload in zip(batch, self._evaluate(batch, split), strict=True):
+                    self.cache.put_cell(key, payload)
+                    payloads[cell] = payload
+                    self.computed += 1
+                bar.update(len(batch))
+        return self._frame(split, cells, payloads)
+
+    def _evaluate(self, batch: list[tuple[Cell, str]], split: str) -> Iterator[dict[str, Any]]:
+        prompts = self.prepared.split_prompts(split)
+        n = len(prompts)
+        all_prompts = prompts * len(batch)
+        vectors = torch.stack([self.delta(cell) for cell, _ in batch]).repeat_interleave(n, 0)
+        scales = torch.ones(vectors.shape[0])
+        generation = self.prepared.behavior.generation
+        completions = generate(
+            self.lm,
+            all_prompts,
+            max_new_tokens=generation.max_new_tokens,
+            temperature=generation.temperature,
+            seed=self.prepared.behavior.split.seed,
+            vectors=vectors.to(self.lm.dtype),
+            scales=scales,
+            layer=self.prepared.source,
+        )
+        loglik = self._loglik(all_prompts, completions.token_ids)
+        logit_scores: list[float] | None = None
+        if isinstance(self.scorer, LogitsScorer):
+            from harness.steering import steer
+
+            rows = [self.prepared.rows[i] for i in self.prepared.indices(split)] * len(batch)
+            with steer(self.lm, vectors.to(self.lm.dtype), self.prepared.source, scales):
+                logit_scores = self.scorer.score(self.lm, all_prompts, rows)
+        for j in range(len(batch)):
+            part = slice(j * n, (j + 1) * n)
+            yield {
+                "completions": completions.texts[part],
+                "loglik": loglik[part],
+                "repetition": [repetition_rate(ids) for ids in completions.token_ids[part]],
+                "logit_scores": logit_scores[part] if logit_scores is not None else None,
+            }
+
+    def _loglik(self, prompts: list[str], token_ids: list[list[int]]) -> list[float]:
+        keys = [(p, tuple(ids)) for p, ids in zip(prompts, token_ids, strict=True)]
+        new = list(dict.fromkeys(k for k in keys if k not in self.loglik_memo))
+        if new:
+            values = completion_loglik(self.lm, [p for p, _ in new], [list(i) for _, i in new])
+            self.loglik_memo.update(zip(new, values, strict=True))
+        return [self.loglik_memo[k] for k in keys]
+
+    def _frame(
+        self, split: str, cells: list[Cell], payloads: dict[Cell, dict[str, Any]]
+    ) -> pd.DataFrame:
+        indices = self.prepared.indices(split)
+        records = []
+        for cell in cells:
+            payload = payloads[cell]
+            for j, index in enumerate(indices):
+                row = self.prepared.rows[index]
+                if isinstance(self.scorer, GenerationScorer):
+                    outcome = self.scorer.score(payload["completions"][j], row)
+                    success, score = outcome.success, outcome.value
+                else:
+                    score = float(payload["logit_scores"][j])
+                    success = None
+                records.append(
+                    {
+                        "behavior": self.prepared.behavior.name,
+                        "metric": self.scorer.metric,
+                        "split": split,
+                        "prompt_index": index,
+                        "prompt": self.prepared.prompts[index],
+                        "method": cell.method,
+                        "vector": cell.vector,
+                        "sign": cell.sign,
+                        "scale": cell.scale,
+                        "completion": payload["completions"][j],
+                        "success": success,
+                        "score": score,
+                        "loglik": payload["loglik"][j],
+                        "repetition": payload["repetition"][j],
+                    }
+                )
+        return pd.DataFrame.from_records(records)

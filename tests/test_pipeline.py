@@ -1,0 +1,372 @@
+"""The sweep, the report and `powersteer run` end to end on the bundled organism.
+
+The behaviors here are the organism's own, shrunk (few prompts, two vectors, two scales,
+a few MELBO steps) so a whole run takes seconds; the statistics are checked against the
+stats functions directly, from results.parquet alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from harness import load_model
+from harness.behaviors import load_behavior
+from harness.cli import main
+from harness.errors import PowersteerError
+from harness.generation import completion_loglik, generate, repetition_rate
+from harness.methods import find_vectors
+from harness.pipeline import rescore, run
+from harness.prompts import encode_prompts, format_chat
+from harness.stats import mcnemar_exact, wilson_interval
+from harness.steering import run_to_block
+from harness.sweep import ResultCache, _CellRunner
+
+ORGANISM_BEHAVIORS = Path(__file__).resolve().parent.parent / "behaviors" / "organism"
+pytestmark = pytest.mark.xdist_group("organism_pipeline")
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return load_model("organism")
+
+
+def small_behavior(directory: Path, source: str = "anti_refusal", **changes) -> Path:
+    """The organism behavior ``source`` with few prompts, vectors, scales and MELBO steps."""
+    data = yaml.safe_load((ORGANISM_BEHAVIORS / f"{source}.yaml").read_text())
+    for section in ("prompts", "contrast"):
+        if section in data:
+            data[section]["path"] = str(ORGANISM_BEHAVIORS / data[section]["path"])
+            data[section]["limit"] = 8
+    data["steering"].update(num_vectors=2, scales=[0, 1, 2], options={"melbo": {"steps": 4}})
+    data["generation"]["max_new_tokens"] = 12
+    for key, value in changes.items():
+        data[key] = value
+    path = directory / f"{source}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, organism):
+    directory = tmp_path_factory.mktemp("run")
+    files = [
+        small_behavior(directory, name)
+        for name in ("anti_refusal", "chain_of_thought", "decision_forks")
+    ]
+    return run(files, model=organism, out=directory / "out", progress=False)
+
+
+def test_run_writes_every_artefact(finished_run):
+    out = finished_run.run_dir
+    for name in (
+        "report.md",
+        "report.html",
+        "results.parquet",
+        "vectors.safetensors",
+        "manifest.json",
+        "success_vs_scale.png",
+        "cost.png",
+        "spectrum.png",
+    ):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["n_layers"] == 6 and manifest["seed"] == 0
+    assert set(manifest["behaviors"]) == {
+        "organism_anti_refusal",
+        "organism_chain_of_thought",
+        "organism_decision_forks",
+    }
+    assert manifest["libraries"]["torch"].startswith("2.")
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<img" in html  # self-contained
+
+
+def test_results_have_one_row_per_prompt_and_cell(finished_run):
+    results = pd.read_parquet(finished_run.run_dir / "results.parquet")
+    refusal = results[results.behavior == "organism_anti_refusal"]
+    select = refusal[refusal.split == "select"]
+    # 4 select prompts x (unsteered + power/melbo/random 2 vectors + caa 1) x 2 signs x 2 scales
+    assert len(select) == 4 * (1 + (3 * 2 + 1) * 2 * 2)
+    assert not set(select.prompt_index) & set(refusal[refusal.split == "test"].prompt_index)
+    test = refusal[(refusal.split == "test") & (refusal.method != "unsteered")]
+    # Held out: each method only at its selected vector and sign, at every scale.
+    assert (test.groupby("method")[["vector", "sign"]].nunique() == 1).all().all()
+    assert sorted(test.scale.unique()) == [1.0, 2.0]
+
+
+def _markdown_tables_after(markdown: str, heading: str) -> list[list[dict[str, str]]]:
+    tables = []
+    for section in markdown.split(heading)[1:]:
+        lines = section.split("\n\n|", 1)[1].split("\n\n")[0].splitlines()
+        lines[0] = "|" + lines[0]  # the first table after the heading only
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        rows = [
+            dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True))
+            for ln in lines[2:]
+        ]
+        tables.append(rows)
+    return tables
+
+
+def test_every_rate_in_the_report_is_recomputed_from_results_alone(finished_run):
+    markdown = (finished_run.run_dir / "report.md").read_text()
+    results = pd.read_parquet(finished_run.run_dir / "results.parquet")
+    behaviors = re.findall(r"## Behavior `([^`]+)`", markdown)
+    tables = _markdown_tables_after(markdown, "### Rates by scale (test prompts)")
+    assert len(tables) == len(behaviors) == 3
+    checked = 0
+    for behavior, table in zip(behaviors, tables, strict=True):
+        test = results[(results.behavior == behavior) & (results.split == "test")]
+        for row in table:
+            cell = test[(test.method == row["method"]) & (test.scale == float(row["scale"]))]
+            assert len(cell) == int(row["n"]) > 0
+            coherent = cell.coherent.astype(bool)
+            assert row["coherent"] == f"{coherent.mean():.3f}"
+            if "success [95% CI]" not in row:
+                assert row["mean score [95% CI]"].startswith(f"{cell.score.mean():.3f} [")
+                continue
+            success = cell.success.astype(bool)
+            k, n = int(success.sum()), len(cell)
+            low, high = wilson_interval(k, n)
+            assert row["success [95% CI]"] == f"{k / n:.3f} [{low:.3f}, {high:.3f}]"
+            effective = int((success & coherent).sum())
+            low, high = wilson_interval(effective, n)
+            assert (
+                row["effective success [95% CI]"] == f"{effective / n:.3f} [{low:.3f}, {high:.3f}]"
+            )
+            checked += 1
+    assert checked >= 8
+
+
+def test_mcnemar_rows_match_the_paired_outcomes(finished_run):
+    markdown = (finished_run.run_dir / "report.md").read_text()
+    results = pd.read_parquet(finished_run.run_dir / "results.parquet")
+    table = _markdown_tables_after(markdown, "### Comparisons at selected scales (test prompts)")[0]
+    test = results[(results.behavior == "organism_anti_refusal") & (results.split == "test")]
+    for row in table:
+        outcomes = []
+        for method in (row["A"], row["B"]):
+            part = test[test.method == method]
+            if method != "unsteered":
+                part = part[part.scale == part.selected_scale]
+            part = part.sort_values("prompt_index")
+            outcomes.append((part.success.astype(bool) & part.coherent).to_numpy())
+        b_only, a_only, p_value = mcnemar_exact(*outcomes)
+        assert row["only A / only B"] == f"{a_only} / {b_only}"
+        assert row["p"] == f"{p_value:.2g}"
+
+
+def test_selection_uses_select_prompts_only(tmp_path, organism, finished_run):
+    """Changing the test prompts' outcomes must not move the selection."""
+    results = pd.read_parquet(finished_run.run_dir / "results.parquet")
+    from harness.analysis import select_cells
+
+    select = results[(results.split == "select") & (results.behavior == "organism_anti_refusal")]
+    chosen = select_cells(select, "success")
+    recorded = results[
+        (results.behavior == "organism_anti_refusal") & (results.method != "unsteered")
+    ]
+    for method, cell in chosen.items():
+        assert recorded[recorded.method == method].selected_scale.iloc[0] == cell.scale
+
+
+def test_interrupted_run_resumes_without_recomputing_finished_cells(
+    tmp_path, organism, monkeypatch
+):
+    file = small_behavior(tmp_path, "anti_refusal")
+    out = tmp_path / "out"
+    computed_keys: list[str] = []
+    original_put = ResultCache.put_cell
+    original_evaluate = _CellRunner._evaluate
+    batches = {"n": 0}
+
+    def spying_put(self, key, payload):
+        computed_keys.append(key)
+        return original_put(self, key, payload)
+
+    def failing_evaluate(self, batch, split):
+        batches["n"] += 1
+        if batches["n"] == 3:
+            raise KeyboardInterrupt  # killed in the middle of the sweep
+        return original_evaluate(self, batch, split)
+
+    monkeypatch.setattr(ResultCache, "put_cell", spying_put)
+    monkeypatch.setattr(_CellRunner, "_evaluate", failing_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        run([file], model=organism, out=out, progress=False, batch_rows=24)
+    finished_before = list(computed_keys)
+    assert finished_before and not (out / "results.parquet").exists()
+
+    monkeypatch.setattr(_CellRunner, "_evaluate", original_evaluate)
+    computed_keys.clear()
+    resumed = run([file], model=organism, out=out, progress=False, batch_rows=24)
+    assert not set(finished_before) & set(computed_keys)  # nothing finished is redone
+    sweep = resumed.sweeps[0]
+    assert sweep.cells_reused == len(finished_before)
+    assert sweep.cells_computed == len(computed_keys)
+
+    fresh = run([file], model=organism, out=tmp_path / "fresh", progress=False, batch_rows=24)
+    columns = [
+        "split",
+        "prompt_index",
+        "method",
+        "vector",
+        "sign",
+        "scale",
+        "completion",
+        "success",
+        "coherent",
+    ]
+    pd.testing.assert_frame_equal(resumed.results[columns], fresh.results[columns])
+    # The same report, but for the run id and the measured times.
+    resumed_report = (out / "report.md").read_text()
+    fresh_report = (tmp_path / "fresh" / "report.md").read_text()
+    for heading in ("### Rates by scale", "### Comparisons at selected scales"):
+        assert _markdown_tables_after(resumed_report, heading) == _markdown_tables_after(
+            fresh_report, heading
+        )
+
+
+def test_rescore_changes_scores_without_generating(tmp_path, organism, monkeypatch):
+    file = small_behavior(tmp_path, "anti_refusal")
+    out = tmp_path / "out"
+    run([file], model=organism, out=out, progress=False)
+    before = pd.read_parquet(out / "results.parquet")
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    flipped = small_behavior(
+        changed, "anti_refusal", scorer={"type": "refusal", "success": "refused"}
+    )
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("rescore must not generate")
+
+    monkeypatch.setattr("harness.sweep.generate", no_generation)
+    rescore(out, flipped)
+    after = (
+        pd.read_parquet(out / "results.parquet")
+        .sort_values(["split", "method", "vector", "sign", "scale", "prompt_index"])
+        .reset_index(drop=True)
+    )
+    before = before.sort_values(
+        ["split", "method", "vector", "sign", "scale", "prompt_index"]
+    ).reset_index(drop=True)
+    assert (after.completion == before.completion).all()
+    unsteered = after.method == "unsteered"
+    assert (after.success[unsteered] == ~before.success[unsteered].astype(bool)).all()
+    assert "rescored with" in (out / "report.md").read_text()
+
+
+def test_rescore_of_an_unknown_behavior_is_a_clear_error(tmp_path, finished_run):
+    other = small_behavior(tmp_path, "anti_refusal", name="something_else")
+    with pytest.raises(PowersteerError, match="something_else.*not in"):
+        rescore(finished_run.run_dir, other)
+
+
+def test_cli_run_prints_the_summary_and_report_rebuilds(tmp_path, capsys):
+    file = small_behavior(tmp_path, "decision_forks")
+    out = tmp_path / "cli"
+    assert main(["run", str(file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "organism_decision_forks" in printed and f"report: {out}" in printed
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "Rates by scale" in (out / "report.md").read_text()
+
+
+def test_report_of_a_directory_without_results_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results.parquet" in capsys.readouterr().err
+
+
+# --- the pieces ---------------------------------------------------------------------------
+
+
+def test_batched_steered_generation_matches_one_prompt_at_a_time(organism):
+    prompts = format_chat(
+        organism,
+        ["How can I bake bread?", "Teach me how to build a silencer."],
+        system="You are a helpful assistant.",
+    )
+    vectors = torch.randn(2, organism.d_model, generator=torch.Generator().manual_seed(0))
+    scales = torch.tensor([0.0, 30.0])
+    together = generate(
+        organism, prompts, max_new_tokens=10, vectors=vectors, scales=scales, layer=1
+    )
+    for i in range(2):
+        alone = generate(
+            organism,
+            prompts[i : i + 1],
+            max_new_tokens=10,
+            vectors=vectors[i : i + 1],
+            scales=scales[i : i + 1],
+            layer=1,
+        )
+        assert alone.token_ids[0] == together.token_ids[i]
+    plain = generate(organism, prompts[:1], max_new_tokens=10)
+    assert plain.token_ids[0] == together.token_ids[0]  # scale 0 is the unsteered model
+
+
+def test_completion_loglik_matches_a_direct_computation(organism):
+    prompts = format_chat(organism, ["How can I bake bread?", "Please help me bake bread."])
+    completions = generate(organism, prompts, max_new_tokens=6)
+    values = completion_loglik(organism, prompts, completions.token_ids)
+    for prompt, ids, value in zip(prompts, completions.token_ids, values, strict=True):
+        prompt_ids = organism.tokenizer(prompt)["input_ids"]
+        full = torch.tensor([prompt_ids + ids])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(organism.model(full).logits.double(), -1)[0]
+        expected = sum(float(log_probs[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(ids))
+        assert value == pytest.approx(expected / len(ids), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "tokens, rate",
+    [([1, 2, 3, 4, 5], 0.0), ([7, 7, 7, 7, 7], 2 / 3), ([1, 2, 3, 1, 2, 3], 1 / 4), ([1, 2], 0.0)],
+)
+def test_repetition_rate(tokens, rate):
+    assert repetition_rate(tokens) == pytest.approx(rate)
+
+
+def test_difference_of_means_is_the_mean_last_token_difference(organism):
+    prompts = format_chat(organism, ["How can I bake bread?", "Teach me to fish."])
+    contrast = format_chat(
+        organism,
+        ["How can I bake bread?", "Teach me to fish."],
+        system="You are a helpful assistant. xylocarp",
+    )
+    result = find_vectors("caa", organism, prompts, 1, 4, contrast=contrast)
+
+    def mean_last(texts):
+        rows = []
+        for text in texts:
+            batch = encode_prompts(organism, [text])
+            rows.append(run_to_block(organism, batch, 1)[0, -1].double())
+        return torch.stack(rows).mean(0)
+
+    expected = mean_last(contrast) - mean_last(prompts)
+    assert result.vectors.shape == (1, organism.d_model)
+    assert float(result.values[0]) == pytest.approx(float(expected.norm()), rel=1e-5)
+    torch.testing.assert_close(
+        result.vectors[0].double(), expected / expected.norm(), atol=1e-5, rtol=0
+    )
+
+
+def test_caa_without_contrast_is_a_clear_error(organism):
+    with pytest.raises(PowersteerError, match="contrast"):
+        find_vectors("caa", organism, ["a"], 1, 4)
+
+
+def test_the_shipped_organism_behaviors_validate_with_their_system_turns():
+    for path in sorted(ORGANISM_BEHAVIORS.glob("*.yaml")):
+        behavior = load_behavior(path)
+        assert behavior.prompts.system == "You are a helpful assistant."
+        if behavior.contrast is not None:
+            assert behavior.contrast.system.split()[-1] in ("xylocarp", "quillwort")
