@@ -28,7 +28,8 @@ anywhere is an error)::
       target_layer: 0.75              # must lie after source_layer
       num_vectors: 8
       scales: [0, 0.5, 1, 2, 4, 8]    # multiples of the median residual norm at the source
-      target_tokens: 2                # optional: only the last N prompt tokens as target
+      target_tokens: all_but_first    # optional target positions: all, all_but_first or
+                                      # N (the last N tokens); default: the methods' own
       options:                        # optional keyword arguments for each method
         melbo: {steps: 150}           # (see harness.methods: power_steering, melbo, ...)
     coherence:                        # when a steered output still counts as coherent
@@ -166,6 +167,16 @@ class Generation(_Section):
     temperature: float = Field(default=0.0, ge=0.0)
 
 
+def _check_target_tokens(value: object) -> object:
+    """``steering.target_tokens``, checked by the one rule the methods use."""
+    from harness.prompts import check_target_tokens  # imports torch: only when the key is set
+
+    try:
+        return check_target_tokens(value)
+    except PowersteerError as error:
+        raise ValueError(str(error)) from None
+
+
 class Steering(_Section):
     methods: list[MethodName] = Field(
         default_factory=lambda: ["power", "melbo", "random"], min_length=1
@@ -174,7 +185,9 @@ class Steering(_Section):
     target_layer: Layer = 0.75
     num_vectors: int = Field(default=8, ge=1)
     scales: list[float] = Field(default_factory=lambda: [0, 0.5, 1, 2, 4, 8], min_length=1)
-    target_tokens: int | None = Field(default=None, ge=1)
+    target_tokens: Annotated[
+        int | Literal["all", "all_but_first"] | None, BeforeValidator(_check_target_tokens)
+    ] = None
     options: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

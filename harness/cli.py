@@ -197,15 +197,28 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chat", action="store_true", help="wrap each prompt in the model's chat template"
     )
+    from harness.prompts import DEFAULT_TARGET_TOKENS
+
     parser.add_argument(
         "--target-tokens",
-        type=int,
-        default=None,
-        help="use only the last N real tokens of each prompt as the target",
+        type=_target_tokens_argument,
+        default=DEFAULT_TARGET_TOKENS,
+        metavar="{all,all_but_first,N}",
+        help="target positions of each prompt: all, all_but_first (leave out the first "
+        f"token, an attention sink) or the last N (default {DEFAULT_TARGET_TOKENS})",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")  # fmt: skip
+
+
+def _target_tokens_argument(text: str) -> object:
+    from harness.prompts import check_target_tokens
+
+    try:
+        return check_target_tokens(text)
+    except PowersteerError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_map_command(commands: argparse._SubParsersAction) -> None:

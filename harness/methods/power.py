@@ -20,6 +20,7 @@ from harness.layers import LayerSpec
 from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
 from harness.methods._result import SteeringVectors
 from harness.models import LanguageModel
+from harness.prompts import DEFAULT_TARGET_TOKENS, TargetTokens
 
 
 def power_steering(
@@ -32,7 +33,7 @@ def power_steering(
     max_iter: int = 15,
     tol: float = 1e-3,
     seed: int = 0,
-    target_tokens: int | None = None,
+    target_tokens: TargetTokens = DEFAULT_TARGET_TOKENS,
     oversample: int = 4,
     jvp_mode: JvpMode = "auto",
     max_rows: int | None = None,
