@@ -28,6 +28,7 @@ success rate; of a score behavior, the mean score.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -132,16 +133,18 @@ def selected_table(results: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def comparisons(results: pd.DataFrame) -> pd.DataFrame:
-    """Paired tests at each method's selected scale on the test prompts, Holm-corrected
-    over every row of the table (all behaviors together)."""
+def comparisons(
+    results: pd.DataFrame, pairs: Sequence[tuple[str, str]] = COMPARED_PAIRS
+) -> pd.DataFrame:
+    """Paired tests of each ``(a, b)`` in ``pairs`` at the methods' selected scales on the
+    test prompts, Holm-corrected over every row of the table (all behaviors together)."""
     test = results[results["split"] == "test"]
     chosen = _selected_scales(results)
     records = []
     for behavior, rows in test.groupby("behavior"):
         metric = rows["metric"].iloc[0]
         present = set(rows["method"])
-        for a, b in COMPARED_PAIRS:
+        for a, b in pairs:
             if a not in present or b not in present:
                 continue
             left, right = _at_selection(rows, a, chosen), _at_selection(rows, b, chosen)

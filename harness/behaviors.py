@@ -36,10 +36,11 @@ anywhere is an error)::
       max_loglik_drop: 3.0            # nats/token below the median unsteered completion
       max_repetition: 0.5             # repeated-trigram fraction of the completion
     split: {select: 0.5, seed: 0}     # fraction of prompts used to pick vector and scale
-    expect:                           # CI thresholds, checked on the held-out prompts
-      min_success: 0.6                # success rate (needs a success-metric scorer)
-      beats: [random, unsteered]      # methods (or unsteered) the best method must beat
-      max_coherence_drop: 0.5         # most allowed drop of the coherence measure
+    expect:                           # CI thresholds (pytest evals/), on the held-out prompts
+      methods: [power, melbo]         # the methods held to them (default: all but random)
+      min_success: 0.6                # effective success rate (needs a success scorer)
+      beats: [random, unsteered]      # must beat these with a significant paired test
+      max_coherence_drop: 0.5         # most allowed drop of the coherent fraction
 
 Every mistake is reported as one :class:`PowersteerError` line naming the file, the key
 (``steering.scales[2]``) and the fix.
@@ -220,6 +221,7 @@ class Split(_Section):
 
 
 class Expect(_Section):
+    methods: list[MethodName] | None = None
     min_success: float | None = Field(default=None, ge=0.0, le=1.0)
     beats: list[str] = Field(default_factory=list)
     max_coherence_drop: float | None = Field(default=None, ge=0.0)
@@ -248,6 +250,12 @@ class Behavior(_Section):
                 "steering.methods: caa (difference of means) needs contrast prompts; "
                 "add a contrast: section or remove caa"
             )
+        for index, name in enumerate(self.expect.methods or []):
+            if name not in self.steering.methods:
+                raise ValueError(
+                    f"expect.methods[{index}]: {name!r} is not one of steering.methods "
+                    f"({', '.join(self.steering.methods)}); list a method the sweep runs"
+                )
         allowed = [*BASELINES, *self.steering.methods]
         for index, name in enumerate(self.expect.beats):
             if name not in allowed:
@@ -256,6 +264,13 @@ class Behavior(_Section):
                     f"steering.methods; use one of: {', '.join(allowed)}"
                 )
         return self
+
+    @property
+    def expected_methods(self) -> list[str]:
+        """The methods ``expect:`` applies to: ``expect.methods``, else all but random."""
+        if self.expect.methods is not None:
+            return list(self.expect.methods)
+        return [m for m in self.steering.methods if m != "random"]
 
     @property
     def path(self) -> Path | None:
