@@ -108,6 +108,36 @@ def _add_run_commands(commands: argparse._SubParsersAction) -> None:
     rescore.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     rescore.add_argument("--behavior", type=Path, required=True, metavar="FILE")
     rescore.set_defaults(handler=_run_rescore)
+    capability = commands.add_parser(
+        "capability",
+        help="score lm-eval tasks unsteered and with each method's selected vector",
+        description="Run lm-evaluation-harness tasks on the run's model unsteered and with "
+        "each behavior/method's selected vector, sign and scale; writes capability.json and "
+        "adds a Capability cost table to the report.",
+        epilog="example:\n  powersteer capability reports/organism-1a2b3c4d --tasks my_task "
+        "--include-path my_tasks/ --limit 100",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    capability.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    capability.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    capability.add_argument("--include-path", help="directory of local lm-eval task YAMLs")
+    capability.add_argument("--limit", type=int, help="documents per task (default all)")
+    capability.add_argument("--model", help="override the run's model")
+    capability.add_argument("--device", default="cpu")
+    capability.add_argument("--batch-size", type=int, default=16)
+    capability.set_defaults(handler=_run_capability)
+    lm_eval = commands.add_parser(
+        "lm-eval",
+        help="lm-eval's command line with the powersteer steered model registered",
+        description="Runs lm-evaluation-harness with the arguments given, after registering "
+        "--model powersteer (see harness/lm_eval_model.py for its model_args).",
+        epilog="example:\n  powersteer lm-eval --model powersteer --model_args "
+        "pretrained=organism,vectors=reports/RUN,set=organism_anti_refusal/power,scale=1 "
+        "--tasks my_task --include_path my_tasks/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lm_eval.add_argument("arguments", nargs=argparse.REMAINDER, help="lm-eval's arguments")
+    lm_eval.set_defaults(handler=_run_lm_eval)
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -131,6 +161,28 @@ def _run_report(args: argparse.Namespace) -> int:
 
     print(f"wrote {write_report(args.run_dir)}")
     return 0
+
+
+def _run_capability(args: argparse.Namespace) -> int:
+    from harness.capability import run_capability
+
+    path = run_capability(
+        args.run_dir,
+        [t for t in args.tasks.split(",") if t],
+        include_path=args.include_path,
+        limit=args.limit,
+        model=args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    print(f"wrote {path} and {args.run_dir / 'report.md'}")
+    return 0
+
+
+def _run_lm_eval(args: argparse.Namespace) -> int:
+    from harness.lm_eval_model import lm_eval_main
+
+    return lm_eval_main(args.arguments)
 
 
 def _run_rescore(args: argparse.Namespace) -> int:
@@ -399,6 +451,12 @@ def _method_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"] and argv[1:2] not in (["-h"], ["--help"]):
+        # Every argument after lm-eval is lm-eval's; argparse would claim the options.
+        from harness.lm_eval_model import lm_eval_main
+
+        return lm_eval_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -84,7 +84,9 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     run_dir = Path(run_dir)
     results, vector_metadata, manifest = read_run(run_dir)
     plots = _plots(run_dir, results, vector_metadata)
-    blocks = build_blocks(results, vector_metadata, manifest, plots)
+    capability_path = run_dir / "capability.json"
+    capability = json.loads(capability_path.read_text()) if capability_path.is_file() else None
+    blocks = build_blocks(results, vector_metadata, manifest, plots, capability)
     markdown = render_markdown(blocks)
     _write_atomic(run_dir / "report.md", markdown)
     _write_atomic(run_dir / "report.html", render_html(blocks, run_dir))
@@ -96,6 +98,7 @@ def build_blocks(
     vector_metadata: dict[str, dict],
     manifest: dict,
     plots: dict[str, Path] | None = None,
+    capability: dict | None = None,
 ) -> list[Block]:
     plots = plots or {}
     selected = selected_table(results)
@@ -152,6 +155,19 @@ def build_blocks(
     for name in ("cost", "spectrum"):
         if name in plots:
             blocks.append(Block("image", plots[name]))
+    if capability and capability.get("rows"):
+        blocks.append(Block("heading", "Capability cost"))
+        blocks.append(
+            Block(
+                "text",
+                (
+                    "lm-eval tasks scored unsteered and with each method's selected vector, "
+                    f"sign and scale (`powersteer capability`, limit {capability.get('limit')}). "
+                    "Intervals are lm-eval's standard error x 1.96."
+                ),
+            )
+        )
+        blocks.append(Block("table", _format_capability(capability["rows"])))
     blocks.append(Block("heading", "How to read this"))
     blocks.append(
         Block(
@@ -370,6 +386,27 @@ def _format_costs(costs: pd.DataFrame) -> pd.DataFrame:
             for row in costs.itertuples()
         ]
     )
+
+
+def _format_capability(rows: list[dict]) -> pd.DataFrame:
+    base = {(r["task"], r["metric"]): r["value"] for r in rows if r["method"] == UNSTEERED}
+    records = []
+    for r in rows:
+        half = 1.96 * r["stderr"] if r.get("stderr") is not None else math.nan
+        records.append(
+            {
+                "task": r["task"],
+                "metric": r["metric"],
+                "behavior": r["behavior"] or "–",
+                "method": r["method"],
+                "scale": _number(r["scale"], 2),
+                "score [95% CI]": format_interval(r["value"], r["value"] - half, r["value"] + half)
+                if not math.isnan(half)
+                else f"{r['value']:.3f}",
+                "vs unsteered": f"{r['value'] - base.get((r['task'], r['metric']), math.nan):+.3f}",
+            }
+        )
+    return pd.DataFrame.from_records(records)
 
 
 def _format_recovered(recovered: pd.DataFrame) -> pd.DataFrame:
