@@ -261,3 +261,44 @@ def test_validate_reports_each_bad_file_and_exits_2(folder, capsys):
 def test_shipped_behaviors_validate(path):
     behavior = load_behavior(path)
     assert len(behavior.prompt_rows()) >= 8
+
+
+def test_system_turn_needs_the_chat_template(folder):
+    added = "  limit: 2\n  system: Be brief.\n  chat_template: false\n"
+    text = VALID.replace("  limit: 2\n", added)
+    message = error_of(write(folder, text))
+    assert "system" in message and "needs the chat template" in message
+
+
+def test_unknown_method_option_lists_the_methods_options(folder):
+    text = VALID.replace(
+        "  scales: [0, 1, 2]\n", "  scales: [0, 1, 2]\n  options:\n    power: {max_iters: 3}\n"
+    )
+    message = error_of(write(folder, text))
+    assert "options.power: power has no option 'max_iters'" in message
+    assert "did you mean 'max_iter'?" in message
+
+
+def test_expect_methods_must_be_swept(folder):
+    text = VALID.replace("expect:\n", "expect:\n  methods: [melbo]\n")
+    message = error_of(write(folder, text))
+    assert "expect.methods[0]: 'melbo' is not one of steering.methods" in message
+
+
+def test_hf_dataset_loads_offline_from_a_local_directory(folder):
+    dataset_dir = folder / "local_dataset"
+    dataset_dir.mkdir()
+    rows = [{"question": f"Is {i} even?"} for i in range(5)]
+    (dataset_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    behavior = load_behavior(
+        write(
+            folder,
+            f"name: x\nprompts: {{hf: {dataset_dir}, split: train, field: question, "
+            "limit: 3}\nscorer: {type: refusal}\n",
+        )
+    )
+    assert [row["question"] for row in behavior.prompt_rows()] == [
+        "Is 0 even?",
+        "Is 1 even?",
+        "Is 2 even?",
+    ]
