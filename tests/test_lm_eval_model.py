@@ -16,7 +16,6 @@ from harness.lm_eval_model import SteeredLM, read_steering_vector
 from harness.methods import find_vectors
 from harness.vectors_io import save_vector_sets, save_vectors
 
-pytestmark = pytest.mark.xdist_group("organism_pipeline")
 FORKS = Path(__file__).resolve().parent.parent / "behaviors" / "organism" / "data" / "forks.jsonl"
 
 

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 pytest_plugins = ("pytester",)
-pytestmark = pytest.mark.xdist_group("organism_pipeline")
 
 DATA = Path(__file__).resolve().parent.parent / "behaviors" / "organism" / "data"
 
