@@ -28,8 +28,8 @@ anywhere is an error)::
       target_layer: 0.75              # must lie after source_layer
       num_vectors: 8
       scales: [0, 0.5, 1, 2, 4, 8]    # multiples of the median residual norm at the source
-      target_tokens: all_but_first    # optional target positions: all, all_but_first or
-                                      # N (the last N tokens); default: the methods' own
+      target_tokens: all_but_first    # target positions: all, all_but_first (default) or
+                                      # N (the last N prompt tokens)
       options:                        # optional keyword arguments for each method
         melbo: {steps: 150}           # (see harness.methods: power_steering, melbo, ...)
     coherence:                        # when a steered output still counts as coherent
@@ -169,11 +169,12 @@ class Generation(_Section):
 
 
 def _check_target_tokens(value: object) -> object:
-    """``steering.target_tokens``, checked by the one rule the methods use."""
-    from harness.prompts import check_target_tokens  # imports torch: only when the key is set
+    """``steering.target_tokens`` by the one rule the methods use; unset or null is the
+    run default (:data:`harness.prompts.DEFAULT_TARGET_TOKENS`)."""
+    from harness.prompts import DEFAULT_TARGET_TOKENS, check_target_tokens
 
     try:
-        return check_target_tokens(value)
+        return DEFAULT_TARGET_TOKENS if value is None else check_target_tokens(value)
     except PowersteerError as error:
         raise ValueError(str(error)) from None
 
@@ -188,7 +189,7 @@ class Steering(_Section):
     scales: list[float] = Field(default_factory=lambda: [0, 0.5, 1, 2, 4, 8], min_length=1)
     target_tokens: Annotated[
         int | Literal["all", "all_but_first"] | None, BeforeValidator(_check_target_tokens)
-    ] = None
+    ] = Field(default=None, validate_default=True)
     options: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -21,7 +21,7 @@ import torch.autograd.forward_ad as forward_ad
 from harness.errors import PowersteerError
 from harness.layers import LayerSpec, resolve_layer_pair
 from harness.models import LanguageModel
-from harness.prompts import DEFAULT_TARGET_TOKENS, PromptBatch, TargetTokens, encode_prompts
+from harness.prompts import PromptBatch, TargetTokens, encode_prompts
 from harness.steering import autodiff_attention, run_to_block
 
 JvpMode = Literal["auto", "forward", "double_vjp"]
@@ -60,7 +60,7 @@ class LayerJacobian:
         source: LayerSpec,
         target: LayerSpec,
         *,
-        target_tokens: TargetTokens = DEFAULT_TARGET_TOKENS,
+        target_tokens: TargetTokens = None,
         jvp_mode: JvpMode = "auto",
         max_rows: int | None = None,
     ) -> None:

@@ -25,7 +25,13 @@ norm ≈ 700 against 8–18 for every other position, so top singular vectors ov
 are first-token artefacts). ``N``: the last ``N`` real tokens of each prompt.
 """
 TARGET_TOKEN_MODES = ("all", "all_but_first")
-DEFAULT_TARGET_TOKENS: TargetTokens = "all"
+
+# The default of every run: behavior files (steering.target_tokens unset), `powersteer
+# vectors` and `powersteer map`. Chosen by measurement (benchmarks/bench_target_tokens.py,
+# RESULTS.md "Target tokens"): it drops exactly the first-token artefact and keeps the rest
+# of the all-token spectrum. The Python functions keep None (every token, the exact
+# operator) as their default; pass target_tokens=DEFAULT_TARGET_TOKENS on trained models.
+DEFAULT_TARGET_TOKENS: TargetTokens = "all_but_first"
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def encode_prompts(
     lm: LanguageModel,
     prompts: Sequence[str],
     *,
-    target_tokens: TargetTokens = DEFAULT_TARGET_TOKENS,
+    target_tokens: TargetTokens = None,
 ) -> PromptBatch:
     """Tokenize ``prompts`` into a right-padded batch on the model's device.
 

@@ -27,7 +27,7 @@ from harness.layers import resolve_layer_pair
 from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
 from harness.methods.power import rayleigh_ritz
 from harness.models import LanguageModel
-from harness.prompts import DEFAULT_TARGET_TOKENS, PromptBatch, TargetTokens, encode_prompts
+from harness.prompts import PromptBatch, TargetTokens, encode_prompts
 from harness.steering import autodiff_attention, run_to_blocks
 
 Pair = tuple[int, int]
@@ -157,7 +157,7 @@ def sensitivity_map(
     max_iter: int = 15,
     tol: float = 1e-3,
     seed: int = 0,
-    target_tokens: TargetTokens = DEFAULT_TARGET_TOKENS,
+    target_tokens: TargetTokens = None,
     oversample: int = 4,
     progress: bool = False,
     resume: MapState | None = None,

@@ -17,7 +17,7 @@ from harness.errors import PowersteerError
 from harness.layers import LayerSpec, resolve_layer_pair
 from harness.methods._result import SteeringVectors
 from harness.models import LanguageModel
-from harness.prompts import DEFAULT_TARGET_TOKENS, PromptBatch, TargetTokens, encode_prompts
+from harness.prompts import PromptBatch, TargetTokens, encode_prompts
 from harness.steering import run_to_block
 
 # The reference optimiser steps with lr 1e-3 at its usual radius R = 4; scaling lr with R
@@ -38,7 +38,7 @@ def melbo(
     steps: int = 300,
     lr: float | None = None,
     seed: int = 0,
-    target_tokens: TargetTokens = DEFAULT_TARGET_TOKENS,
+    target_tokens: TargetTokens = None,
     progress: bool = False,
 ) -> SteeringVectors:
     """Learn ``num_vectors`` orthogonal MELBO steering directions.

@@ -20,7 +20,7 @@ from harness.layers import LayerSpec
 from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
 from harness.methods._result import SteeringVectors
 from harness.models import LanguageModel
-from harness.prompts import DEFAULT_TARGET_TOKENS, TargetTokens
+from harness.prompts import TargetTokens
 
 
 def power_steering(
@@ -33,7 +33,7 @@ def power_steering(
     max_iter: int = 15,
     tol: float = 1e-3,
     seed: int = 0,
-    target_tokens: TargetTokens = DEFAULT_TARGET_TOKENS,
+    target_tokens: TargetTokens = None,
     oversample: int = 4,
     jvp_mode: JvpMode = "auto",
     max_rows: int | None = None,
