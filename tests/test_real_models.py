@@ -155,3 +155,29 @@ def test_melbo_returns_orthonormal_vectors(real_model):
     gram = result.vectors.double() @ result.vectors.double().T
     assert torch.allclose(gram, torch.eye(2, dtype=torch.float64), atol=1e-5)
     assert torch.isfinite(result.values).all()
+
+
+def test_all_token_power_steering_finds_the_first_position_and_all_but_first_does_not(
+    real_model,
+):
+    # Blocks at a quarter and half of the depth, where the sweep steers: the first position
+    # (an attention sink with huge activations) dominates the all-token Jacobian there.
+    lm = real_model
+    jacobian = LayerJacobian(lm, PROMPTS, 0.25, 0.5, target_tokens="all")
+    first = torch.zeros_like(jacobian.batch.target_mask)
+    first[:, 0] = True
+    first = first[jacobian.batch.target_mask].cpu()  # per stacked target position
+
+    def energy(choice):
+        found = power_steering(lm, PROMPTS, 0.25, 0.5, k=1, target_tokens=choice, max_iter=20)
+        image = jacobian.jvp(found.vectors).reshape(-1, lm.d_model)
+        per_position = image.double().pow(2).sum(-1).cpu()
+        return float(per_position[first].sum()), float(per_position[~first].sum())
+
+    all_first, all_rest = energy("all")
+    kept_first, kept_rest = energy("all_but_first")
+    print(f"\n{lm.name}: share of |J v|^2 on the first position: all tokens "
+          f"{all_first / (all_first + all_rest):.3f}; |J v| on the other positions: "
+          f"all tokens {all_rest**0.5:.3g}, all_but_first {kept_rest**0.5:.3g}")  # fmt: skip
+    assert all_first / (all_first + all_rest) > 0.8
+    assert kept_rest > 2 * all_rest
