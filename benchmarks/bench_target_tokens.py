@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from harness import load_model, power_steering, steer
+from harness import load_model, power_steering
+from harness.effects import next_token_effect
 from harness.jacobian import LayerJacobian
 from harness.layers import resolve_layer_pair
 from harness.methods.melbo import median_residual_norm
@@ -125,9 +126,12 @@ def main() -> None:
     print("| vectors | scale | KL, v_1 | KL, mean over v_1…v_k | greedy token changed, v_1 | "
           "greedy token changed, mean over v_1…v_k |")  # fmt: skip
     print("|---|---:|---|---|---|---|")
+    held_out_batch = encode_prompts(lm, held_out)
     for scale in args.scales:
         for name, vectors in sets.items():
-            kl, changed = next_token_effect(lm, held_out, vectors, source, scale * radius)
+            effect = next_token_effect(lm, held_out_batch, vectors, [source] * len(vectors),
+                                       [scale * radius] * len(vectors), max_rows=32)  # fmt: skip
+            kl, changed = effect.kl, effect.changed  # (k, prompts)
             print(f"| {name} | {scale:g} | {_interval(kl[0])} | {_interval(kl.mean(0))} | "
                   f"{_interval(changed[0])} | {_interval(changed.mean(0))} |")  # fmt: skip
 
@@ -155,32 +159,6 @@ def first_position_share(
         energy = images.double().pow(2).sum(-1).cpu()  # (k, positions)
         shares[choice] = energy[:, first].sum(1) / energy.sum(1)
     return shares
-
-
-def next_token_effect(
-    lm: LanguageModel, prompts: list[str], vectors: torch.Tensor, layer: int, norm: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(n_prompts, k)`` KL(unsteered ‖ steered) at the last prompt position and whether the
-    greedy next token changed, each averaged over the vector's two signs."""
-    batch = encode_prompts(lm, prompts)
-    last = batch.attention_mask.sum(1).cpu() - 1
-    rows = torch.arange(len(prompts))
-
-    def log_probs() -> torch.Tensor:
-        with torch.no_grad():
-            logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return torch.log_softmax(logits[rows, last].double().cpu(), dim=-1)
-
-    plain = log_probs()
-    kl = torch.zeros(len(prompts), len(vectors), dtype=torch.float64)
-    changed = torch.zeros_like(kl)
-    for j, vector in enumerate(vectors):
-        for sign in (1.0, -1.0):
-            with steer(lm, vector, layer, scale=sign * norm):
-                steered = log_probs()
-            kl[:, j] += 0.5 * (plain.exp() * (plain - steered)).sum(-1)
-            changed[:, j] += 0.5 * (steered.argmax(-1) != plain.argmax(-1)).double()
-    return kl, changed
 
 
 def _first_position_batch(batch: PromptBatch) -> PromptBatch:

@@ -279,8 +279,11 @@ def _add_map_command(commands: argparse._SubParsersAction) -> None:
         help="map the whole model's layer-to-layer sensitivity (resumable)",
         description="Top-k singular values and vectors of the Jacobian for every requested "
         "(source, target) block pair, sharing passes across pairs. Writes map.safetensors, "
-        "map.parquet and sigma1_heatmap.png; a killed run continues where it stopped.",
-        epilog="example:\n  powersteer map --prompts prompts.txt --pairs all -k 4 --out map/",
+        "map.parquet and sigma1_heatmap.png (with --kl-scale also map_kl.parquet and "
+        "kl_heatmap.png); a killed run continues where it stopped, and a finished map is "
+        "reused.",
+        epilog="example:\n  powersteer map --prompts prompts.txt --pairs all -k 4 --kl-scale 0.25 "
+        "--out map/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_prompt_arguments(mapping)
@@ -289,6 +292,19 @@ def _add_map_command(commands: argparse._SubParsersAction) -> None:
     )
     mapping.add_argument("-k", "--num-vectors", type=int, default=12, dest="k")
     mapping.add_argument("--max-iter", type=int, default=15)
+    mapping.add_argument(
+        "--kl-scale",
+        type=float,
+        default=None,
+        help="also steer with each pair's top vector at this many median residual norms at "
+        "its source and record the KL divergence of the next-token distribution",
+    )
+    mapping.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help="at most this many batch rows (vectors x prompts) per pass, to bound memory",
+    )
     mapping.add_argument(
         "--out", type=Path, default=None, help="output directory (default: reports/map-MODEL)"
     )
@@ -403,9 +419,16 @@ def _run_vectors(args: argparse.Namespace) -> int:
 
 
 def _run_map(args: argparse.Namespace) -> int:
-    from harness.plots import plot_sensitivity_heatmap
-    from harness.sensitivity import parse_pairs, sensitivity_map
-    from harness.sensitivity_io import STATE_FILE, load_state, save_map, save_state
+    from harness.plots import plot_pair_heatmap
+    from harness.sensitivity import next_token_kl, pair_matrix, parse_pairs, sensitivity_map
+    from harness.sensitivity_io import (
+        KL_FILE,
+        STATE_FILE,
+        finished_map,
+        load_state,
+        save_map,
+        save_state,
+    )
 
     lm, prompts = _model_and_prompts(args)
     pairs = parse_pairs(args.pairs, lm.n_layers)
@@ -414,25 +437,40 @@ def _run_map(args: argparse.Namespace) -> int:
     config = {"model": str(args.model), "prompts": prompts, "pairs": pairs, "k": args.k,
               "max_iter": args.max_iter, "seed": args.seed, "target_tokens": args.target_tokens,
               "dtype": args.dtype}  # fmt: skip
-    state_path = out / STATE_FILE
-    resume = load_state(state_path, config)
-    if resume is not None:
-        print(f"resuming {state_path} after iteration {resume.iteration}", file=sys.stderr)
-    result = sensitivity_map(
-        lm, prompts, pairs, args.k, max_iter=args.max_iter, seed=args.seed,
-        target_tokens=args.target_tokens, progress=True, resume=resume,
-        checkpoint=lambda state: save_state(state_path, state, config),
-    )  # fmt: skip
-    save_map(out, result, model=str(args.model), n_prompts=len(prompts))
-    plot_sensitivity_heatmap(result, out / "sigma1_heatmap.png", title=f"{args.model}: σ₁(s → t)")
-    state_path.unlink(missing_ok=True)
-    summary = {
+    result = finished_map(out, config)
+    if result is not None:
+        print(f"reusing the finished map in {out}", file=sys.stderr)
+    else:
+        state_path = out / STATE_FILE
+        resume = load_state(state_path, config)
+        if resume is not None:
+            print(f"resuming {state_path} after iteration {resume.iteration}", file=sys.stderr)
+        result = sensitivity_map(
+            lm, prompts, pairs, args.k, max_iter=args.max_iter, seed=args.seed,
+            target_tokens=args.target_tokens, max_rows=args.max_rows, progress=True,
+            resume=resume, checkpoint=lambda state: save_state(state_path, state, config),
+        )  # fmt: skip
+        save_map(out, result, config=config, n_prompts=len(prompts))
+        state_path.unlink(missing_ok=True)
+    plot_pair_heatmap(result.sigma_matrix(0), out / "sigma1_heatmap.png", label="σ₁",
+                      title=f"{args.model}: top singular value σ₁ of J(s → t)")  # fmt: skip
+    summary: dict[str, object] = {
         "out": str(out),
         "pairs": len(pairs),
         "converged": sum(result.converged),
         "forward_passes": result.forward_passes,
         "wall_time_s": round(result.wall_time_s, 2),
     }
+    if args.kl_scale is not None:
+        table = next_token_kl(lm, prompts, result, args.kl_scale, max_rows=args.max_rows)
+        table.to_parquet(out / KL_FILE, index=False)
+        matrix = pair_matrix(result.pairs, table["kl"].tolist(), result.n_layers)
+        plot_pair_heatmap(matrix, out / "kl_heatmap.png", label="KL (nats)",
+                          title=f"{args.model}: next-token KL, top vector at "
+                                f"{args.kl_scale:g}× residual norm")  # fmt: skip
+        strongest = table.loc[table["kl"].idxmax()]
+        summary["largest_kl"] = {"pair": f"{int(strongest.source)}:{int(strongest.target)}",
+                                 "kl": round(float(strongest.kl), 4)}  # fmt: skip
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -12,20 +12,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from harness.sensitivity import SensitivityMap  # noqa: E402
 
-
-def plot_sensitivity_heatmap(
-    result: SensitivityMap, path: str | os.PathLike[str], *, title: str = ""
+def plot_pair_heatmap(
+    matrix: torch.Tensor, path: str | os.PathLike[str], *, label: str, title: str
 ) -> Path:
-    """Heat map of log10 σ₁ over (source, target); unmapped cells are blank."""
-    sigma = result.sigma_matrix(0)
+    """Heat map of a ``(source, target)`` matrix on a log10 colour scale; NaN is blank."""
     figure, axes = plt.subplots(figsize=(6.4, 5.2))
-    image = axes.imshow(torch.log10(sigma).T.numpy(), origin="lower", cmap="viridis")
+    image = axes.imshow(torch.log10(matrix).T.numpy(), origin="lower", cmap="viridis")
     axes.set_xlabel("source block s")
     axes.set_ylabel("target block t")
-    axes.set_title(title or "top singular value σ₁ of J(s → t)")
-    figure.colorbar(image, ax=axes, label="log10 σ₁")
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, label=f"log10 {label}")
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)

@@ -21,10 +21,12 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from tqdm.auto import tqdm
 
+from harness.effects import next_token_effect
 from harness.errors import PowersteerError
 from harness.jacobian import PassCount, stack_targets
 from harness.layers import resolve_layer_pair
 from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
+from harness.methods.melbo import median_residual_norm
 from harness.methods.power import rayleigh_ritz
 from harness.models import LanguageModel
 from harness.prompts import PromptBatch, TargetTokens, encode_prompts
@@ -55,10 +57,7 @@ class SensitivityMap:
 
     def sigma_matrix(self, index: int = 0) -> torch.Tensor:
         """``(n_layers, n_layers)`` matrix of σ_{index+1} at [source, target]; NaN elsewhere."""
-        matrix = torch.full((self.n_layers, self.n_layers), float("nan"))
-        for (source, target), values in zip(self.pairs, self.singular_values, strict=True):
-            matrix[source, target] = values[index]
-        return matrix
+        return pair_matrix(self.pairs, self.singular_values[:, index].tolist(), self.n_layers)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per pair and singular value: source, target, index, sigma, converged."""
@@ -159,6 +158,7 @@ def sensitivity_map(
     seed: int = 0,
     target_tokens: TargetTokens = None,
     oversample: int = 4,
+    max_rows: int | None = None,
     progress: bool = False,
     resume: MapState | None = None,
     checkpoint: Callable[[MapState], None] | None = None,
@@ -167,6 +167,8 @@ def sensitivity_map(
 
     Each pair starts from the same random block as :func:`power_steering` with the same
     ``seed`` and follows the same iteration, so its result equals the per-pair one.
+    ``max_rows`` caps the batch rows (vectors × prompts) of one pass, splitting a source's
+    or target's passes to bound memory; the result does not change, the sweep count does.
     ``checkpoint`` is called with the state after every iteration; passing a saved state
     back as ``resume`` (same arguments otherwise) continues from there with the same
     result as an uninterrupted run.
@@ -193,7 +195,9 @@ def sensitivity_map(
         active = [i for i in range(len(pairs)) if not state.converged[i]]
         if not active:
             break
-        images = _jvp_by_source(lm, batch, pairs, active, state.bases, state.passes, dtype)
+        images = _jvp_by_source(
+            lm, batch, pairs, active, state.bases, state.passes, dtype, max_rows
+        )
         for i in active:
             state.iterations[i] = iteration
             values, vectors = rayleigh_ritz(state.bases[i], images[i])
@@ -205,7 +209,7 @@ def sensitivity_map(
             state.previous_top[i] = vectors[:k]
         still = [i for i in active if not state.converged[i]]
         if still and iteration < max_iter:
-            pulled = _vjp_by_target(lm, batch, pairs, still, images, state.passes, dtype)
+            pulled = _vjp_by_target(lm, batch, pairs, still, images, state.passes, dtype, max_rows)
             for i in still:
                 state.bases[i] = orthonormal_rows(pulled[i])
         state.iteration = iteration
@@ -230,6 +234,46 @@ def sensitivity_map(
         options={"k": k, "max_iter": max_iter, "tol": tol, "seed": seed,
                  "target_tokens": target_tokens, "oversample": oversample},
     )  # fmt: skip
+
+
+def next_token_kl(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    result: SensitivityMap,
+    scale: float,
+    *,
+    max_rows: int | None = None,
+) -> pd.DataFrame:
+    """Per pair, how far its top vector moves the next-token distribution after the prompt.
+
+    The vector is added at the pair's source block at ``±scale`` times the median residual
+    norm there (on ``prompts``). One row per pair: ``source``, ``target``, ``scale``,
+    ``raw_scale``, ``kl`` (mean over prompts and both signs of KL(unsteered ‖ steered), in
+    nats) and ``changed`` (share of prompts × signs whose greedy next token changes).
+    """
+    batch = encode_prompts(lm, prompts)
+    norms = {s: median_residual_norm(lm, batch, s) for s in sorted({s for s, _ in result.pairs})}
+    sources = [source for source, _ in result.pairs]
+    effect = next_token_effect(lm, batch, result.vectors[:, 0], sources,
+                               [scale * norms[s] for s in sources], max_rows=max_rows)  # fmt: skip
+    return pd.DataFrame(
+        {
+            "source": sources,
+            "target": [target for _, target in result.pairs],
+            "scale": scale,
+            "raw_scale": [scale * norms[s] for s in sources],
+            "kl": effect.kl.mean(1).numpy(),
+            "changed": effect.changed.mean(1).numpy(),
+        }
+    )
+
+
+def pair_matrix(pairs: Sequence[Pair], values: Sequence[float], n_layers: int) -> torch.Tensor:
+    """``(n_layers, n_layers)`` matrix with ``values[i]`` at ``pairs[i]``; NaN elsewhere."""
+    matrix = torch.full((n_layers, n_layers), float("nan"))
+    for (source, target), value in zip(pairs, values, strict=True):
+        matrix[source, target] = float(value)
+    return matrix
 
 
 def _initial_state(
@@ -257,6 +301,31 @@ def _targets_of(hidden: torch.Tensor, batch: PromptBatch, rows: slice, width: in
     return stack_targets(hidden[rows], batch, width)
 
 
+def _chunks(widths: Sequence[int], per_pass: int | None) -> list[list[tuple[int, int, int]]]:
+    """Split stacked blocks (member ``j`` has ``widths[j]`` vectors) into passes of at most
+    ``per_pass`` vectors (all in one pass when None): per pass, ``(j, first, stop)`` ranges."""
+    room_per_pass = per_pass or sum(widths)
+    passes: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    room = room_per_pass
+    for j, width in enumerate(widths):
+        first = 0
+        while first < width:
+            take = min(room, width - first)
+            current.append((j, first, first + take))
+            first, room = first + take, room - take
+            if room == 0:
+                passes.append(current)
+                current, room = [], room_per_pass
+    if current:
+        passes.append(current)
+    return passes
+
+
+def _vectors_per_pass(max_rows: int | None, n_prompts: int) -> int | None:
+    return None if max_rows is None else max(1, max_rows // n_prompts)
+
+
 def _jvp_by_source(
     lm: LanguageModel,
     batch: PromptBatch,
@@ -265,25 +334,33 @@ def _jvp_by_source(
     bases: dict[int, torch.Tensor],
     passes: PassCount,
     dtype: torch.dtype,
+    max_rows: int | None = None,
 ) -> dict[int, torch.Tensor]:
-    """``J_pair V_pair`` for every active pair: one tangent forward pass per source."""
+    """``J_pair V_pair`` for every active pair: one tangent forward pass per source (more
+    when ``max_rows`` splits it), each stopping after the last target it serves."""
     n = batch.n_prompts
-    images: dict[int, torch.Tensor] = {}
+    pieces: dict[int, list[torch.Tensor]] = defaultdict(list)
     for source, members in _group(pairs, active, by=0).items():
+        members = sorted(members, key=lambda i: pairs[i][1])  # early targets stop early
         widths = [bases[i].shape[0] for i in members]
-        tangent = torch.cat([bases[i].to(lm.dtype).repeat_interleave(n, dim=0) for i in members])
-        targets = sorted({pairs[i][1] for i in members})
-        with torch.no_grad(), autodiff_attention(lm), forward_ad.dual_level():
-            theta = forward_ad.make_dual(torch.zeros_like(tangent), tangent)[:, None, :]
-            hidden = run_to_blocks(lm, batch.repeat(sum(widths)), targets, {source: theta})
-            tangents = {t: forward_ad.unpack_dual(h).tangent for t, h in hidden.items()}
-        passes.add(tangent.shape[0], n)
-        offset = 0
-        for i, width in zip(members, widths, strict=True):
-            rows = slice(offset * n, (offset + width) * n)
-            images[i] = _targets_of(tangents[pairs[i][1]], batch, rows, width).to(dtype)
-            offset += width
-    return images
+        for chunk in _chunks(widths, _vectors_per_pass(max_rows, n)):
+            block = torch.cat([bases[members[j]][first:stop] for j, first, stop in chunk])
+            tangent = block.to(lm.dtype).repeat_interleave(n, dim=0)
+            targets = sorted({pairs[members[j]][1] for j, _, _ in chunk})
+            with torch.no_grad(), autodiff_attention(lm), forward_ad.dual_level():
+                theta = forward_ad.make_dual(torch.zeros_like(tangent), tangent)[:, None, :]
+                copies = tangent.shape[0] // n
+                hidden = run_to_blocks(lm, batch.repeat(copies), targets, {source: theta})
+                tangents = {t: forward_ad.unpack_dual(h).tangent for t, h in hidden.items()}
+            passes.add(tangent.shape[0], n)
+            offset = 0
+            for j, first, stop in chunk:
+                i, width = members[j], stop - first
+                rows = slice(offset * n, (offset + width) * n)
+                pieces[i].append(_targets_of(tangents[pairs[i][1]], batch, rows, width).to(dtype))
+                offset += width
+            del hidden, tangents
+    return {i: torch.cat(parts) for i, parts in pieces.items()}
 
 
 def _vjp_by_target(
@@ -294,36 +371,35 @@ def _vjp_by_target(
     cotangents: dict[int, torch.Tensor],
     passes: PassCount,
     dtype: torch.dtype,
+    max_rows: int | None = None,
 ) -> dict[int, torch.Tensor]:
-    """``J_pairᵀ U_pair`` for the given pairs: one forward and backward pass per target."""
+    """``J_pairᵀ U_pair`` for the given pairs: one forward and backward pass per target
+    (more when ``max_rows`` splits it)."""
     n = batch.n_prompts
-    pulled: dict[int, torch.Tensor] = {}
+    pieces: dict[int, list[torch.Tensor]] = defaultdict(list)
     for target, members in _group(pairs, members_all, by=1).items():
         widths = [cotangents[i].shape[0] for i in members]
-        rows_total = sum(widths) * n
-        sources = sorted({pairs[i][0] for i in members})
-        with autodiff_attention(lm), torch.enable_grad():
-            thetas = {
-                s: torch.zeros(rows_total, 1, lm.d_model, dtype=lm.dtype, device=lm.device,
-                               requires_grad=True)
-                for s in sources
-            }  # fmt: skip
-            hidden = run_to_blocks(lm, batch.repeat(sum(widths)), [target], thetas)[target]
-            outputs, offset = [], 0
-            for width in widths:
-                outputs.append(_targets_of(hidden, batch, slice(offset * n, (offset + width) * n),
-                                           width))  # fmt: skip
+        for chunk in _chunks(widths, _vectors_per_pass(max_rows, n)):
+            copies = sum(stop - first for _, first, stop in chunk)
+            sources = sorted({pairs[members[j]][0] for j, _, _ in chunk})
+            with autodiff_attention(lm), torch.enable_grad():
+                thetas = {
+                    s: torch.zeros(copies * n, 1, lm.d_model, dtype=lm.dtype, device=lm.device,
+                                   requires_grad=True)
+                    for s in sources
+                }  # fmt: skip
+                hidden = run_to_blocks(lm, batch.repeat(copies), [target], thetas)[target]
+                outputs = _targets_of(hidden, batch, slice(None), copies)
+                weights = torch.cat([cotangents[members[j]][first:stop]
+                                     for j, first, stop in chunk])  # fmt: skip
+                grads = torch.autograd.grad(outputs, [thetas[s] for s in sources],
+                                            weights.to(hidden.dtype))  # fmt: skip
+            passes.add(copies * n, n, sweeps=2)
+            by_source = dict(zip(sources, grads, strict=True))
+            offset = 0
+            for j, first, stop in chunk:
+                i, width = members[j], stop - first
+                grad = by_source[pairs[i][0]][offset * n : (offset + width) * n]
+                pieces[i].append(grad.reshape(width, n, -1).sum(dim=1).to(dtype))
                 offset += width
-            grads = torch.autograd.grad(
-                torch.cat(outputs),
-                [thetas[s] for s in sources],
-                torch.cat([cotangents[i] for i in members]).to(hidden.dtype),
-            )
-        passes.add(rows_total, n, sweeps=2)
-        by_source = dict(zip(sources, grads, strict=True))
-        offset = 0
-        for i, width in zip(members, widths, strict=True):
-            grad = by_source[pairs[i][0]][offset * n : (offset + width) * n]
-            pulled[i] = grad.reshape(width, n, -1).sum(dim=1).to(dtype)
-            offset += width
-    return pulled
+    return {i: torch.cat(parts) for i, parts in pieces.items()}

@@ -17,6 +17,7 @@ from harness.sensitivity import MapState, SensitivityMap
 MAP_FILE = "map.safetensors"
 TABLE_FILE = "map.parquet"
 STATE_FILE = "state.safetensors"
+KL_FILE = "map_kl.parquet"
 
 
 def save_map(out_dir: str | os.PathLike[str], result: SensitivityMap, **metadata: Any) -> Path:
@@ -65,6 +66,17 @@ def load_map(out_dir: str | os.PathLike[str]) -> SensitivityMap:
         wall_time_s=header["wall_time_s"],
         options=header["options"],
     )
+
+
+def finished_map(out_dir: str | os.PathLike[str], config: dict[str, Any]) -> SensitivityMap | None:
+    """The map saved in ``out_dir`` if it was computed with exactly ``config``, else None."""
+    path = Path(out_dir) / MAP_FILE
+    if not path.exists():
+        return None
+    header = json.loads(_metadata(path)["powersteer_map"])
+    if header.get("config") != json.loads(json.dumps(config, sort_keys=True)):
+        return None
+    return load_map(out_dir)
 
 
 def save_state(path: str | os.PathLike[str], state: MapState, config: dict[str, Any]) -> None:

@@ -7,10 +7,13 @@ import pytest
 import torch
 from conftest import PROMPTS
 
-from harness import PowersteerError, power_steering
+import harness.sensitivity
+from harness import PowersteerError, power_steering, steer
 from harness.cli import main
-from harness.sensitivity import all_pairs, parse_pairs, sensitivity_map
-from harness.sensitivity_io import STATE_FILE, load_map, load_state, save_state
+from harness.methods import median_residual_norm
+from harness.prompts import encode_prompts
+from harness.sensitivity import all_pairs, next_token_kl, parse_pairs, sensitivity_map
+from harness.sensitivity_io import KL_FILE, STATE_FILE, load_map, load_state, save_state
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,41 @@ def test_every_pair_matches_per_pair_power_steering(qwen3_tiny, tiny_map):
         assert tiny_map.iterations[index] == single.iterations
     assert all(tiny_map.converged)
     assert tiny_map.forward_passes < per_pair_passes
+
+
+def test_splitting_passes_by_max_rows_changes_only_the_sweep_count(qwen3_tiny, tiny_map):
+    # 6 rows per pass: two vectors of a block of 6, so every source and target splits.
+    split = sensitivity_map(qwen3_tiny, PROMPTS, k=2, max_rows=2 * len(PROMPTS))
+    assert torch.allclose(split.singular_values, tiny_map.singular_values, rtol=1e-5)
+    assert torch.allclose(split.vectors.abs(), tiny_map.vectors.abs(), atol=1e-4)
+    assert split.iterations == tiny_map.iterations
+    assert split.forward_passes > tiny_map.forward_passes
+    # Early targets stop early, so the split passes carry no more prompt copies in all.
+    assert split.prompt_passes == pytest.approx(tiny_map.prompt_passes)
+
+
+def test_next_token_kl_matches_steering_each_prompt_alone(qwen3_tiny, tiny_map):
+    table = next_token_kl(qwen3_tiny, PROMPTS, tiny_map, scale=0.5, max_rows=4)
+    batch = encode_prompts(qwen3_tiny, PROMPTS)
+    for index in (0, 4):  # pairs (0, 1) and (1, 3): two sources
+        source = tiny_map.pairs[index][0]
+        raw = 0.5 * median_residual_norm(qwen3_tiny, batch, source)
+        assert table.loc[index, "raw_scale"] == pytest.approx(raw)
+        divergences = []
+        for prompt in PROMPTS:
+            ids = qwen3_tiny.tokenizer(prompt, return_tensors="pt").input_ids
+            with torch.no_grad():
+                plain = torch.log_softmax(qwen3_tiny.model(ids).logits[0, -1].double(), -1)
+                for sign in (1.0, -1.0):
+                    with steer(qwen3_tiny, tiny_map.vectors[index, 0], source, sign * raw):
+                        steered = qwen3_tiny.model(ids).logits[0, -1].double()
+                    steered = torch.log_softmax(steered, -1)
+                    divergences.append(float((plain.exp() * (plain - steered)).sum()))
+        assert table.loc[index, "kl"] == pytest.approx(sum(divergences) / len(divergences),
+                                                       rel=1e-6)  # fmt: skip
+    assert (table["kl"] > 0).all() and table["changed"].between(0, 1).all()
+    zero = next_token_kl(qwen3_tiny, PROMPTS, tiny_map, scale=0.0)
+    assert zero["kl"].abs().max() < 1e-12 and (zero["changed"] == 0).all()
 
 
 def test_sigma_matrix_and_frame_hold_the_values(tiny_map):
@@ -76,14 +114,19 @@ def test_interrupted_map_resumes_to_the_same_result(tmp_path, qwen3_tiny, tiny_m
         load_state(state_path, {"run": "other"})
 
 
-def test_map_command_writes_table_vectors_and_heatmap(tmp_path, qwen3_tiny):
+def _saved_model_and_prompts(tmp_path, lm) -> tuple[str, str]:
     model_dir = tmp_path / "model"
-    qwen3_tiny.model.save_pretrained(model_dir)
-    qwen3_tiny.tokenizer.save_pretrained(model_dir)
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS))
+    return str(model_dir), str(prompts)
+
+
+def test_map_command_writes_table_vectors_and_heatmap(tmp_path, qwen3_tiny):
+    model_dir, prompts = _saved_model_and_prompts(tmp_path, qwen3_tiny)
     out = tmp_path / "map"
-    code = main(["map", "--model", str(model_dir), "--prompts", str(prompts), "--pairs",
+    code = main(["map", "--model", model_dir, "--prompts", prompts, "--pairs",
                  "0:2,1:3", "-k", "2", "--out", str(out), "--dtype", "float64"])  # fmt: skip
     assert code == 0
     loaded = load_map(out)
@@ -92,3 +135,23 @@ def test_map_command_writes_table_vectors_and_heatmap(tmp_path, qwen3_tiny):
     assert len(table) == 4 and table["sigma"].gt(0).all()
     assert (out / "sigma1_heatmap.png").stat().st_size > 0
     assert not (out / STATE_FILE).exists()  # finished runs leave no state behind
+
+
+def test_map_command_adds_kl_and_reuses_a_finished_map(tmp_path, qwen3_tiny, monkeypatch):
+    model_dir, prompts = _saved_model_and_prompts(tmp_path, qwen3_tiny)
+    out = tmp_path / "map"
+    arguments = ["map", "--model", model_dir, "--prompts", prompts, "--pairs", "0:2,1:3",
+                 "-k", "2", "--out", str(out), "--dtype", "float64"]  # fmt: skip
+    assert main(arguments) == 0
+    first = load_map(out)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished map with the same settings was recomputed")
+
+    monkeypatch.setattr(harness.sensitivity, "sensitivity_map", must_not_run)
+    assert main([*arguments, "--kl-scale", "0.5"]) == 0
+    table = pd.read_parquet(out / KL_FILE)
+    assert list(zip(table["source"], table["target"], strict=True)) == first.pairs
+    assert (table["kl"] > 0).all() and (out / "kl_heatmap.png").stat().st_size > 0
+    with pytest.raises(AssertionError, match="recomputed"):  # other settings: a new map
+        main([*arguments[:-4], "-k", "1", *arguments[-4:]])
