@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import PROMPTS
+from tiny_models import tiny_model
 
 import harness.sensitivity
 from harness import PowersteerError, power_steering, steer
@@ -45,6 +46,21 @@ def test_splitting_passes_by_max_rows_changes_only_the_sweep_count(qwen3_tiny, t
     assert split.forward_passes > tiny_map.forward_passes
     # Early targets stop early, so the split passes carry no more prompt copies in all.
     assert split.prompt_passes == pytest.approx(tiny_map.prompt_passes)
+
+
+def test_bfloat16_map_keeps_the_iteration_in_float32_and_stays_close():
+    # Same weights in float32 and bfloat16 (the passes run in the model's dtype; the
+    # orthonormalisation and Rayleigh-Ritz in float32). bf16 rounds each op to 2^-9
+    # relative; measured here 0.2% on σ and |cos| 1.0000 on v_1, so 1% leaves 4x margin.
+    exact = tiny_model("qwen3", dtype=torch.float32)
+    reduced = tiny_model("qwen3", dtype=torch.bfloat16)
+    pairs = [(0, 2), (1, 3)]
+    reference = sensitivity_map(exact, PROMPTS, pairs, k=2)
+    approximate = sensitivity_map(reduced, PROMPTS, pairs, k=2)
+    assert approximate.singular_values.dtype == torch.float32
+    assert torch.allclose(approximate.singular_values, reference.singular_values, rtol=0.01)
+    overlap = (approximate.vectors[:, 0] * reference.vectors[:, 0]).sum(-1).abs()
+    assert (overlap > 0.99).all()
 
 
 def test_next_token_kl_matches_steering_each_prompt_alone(qwen3_tiny, tiny_map):
