@@ -100,6 +100,7 @@ def run(
     run directory but the cache is written until every behavior has finished.
     """
     started = time.perf_counter()
+    code_version = _git_commit()  # now: the code may change while a long run goes on
     if behaviors and all(isinstance(b, Behavior) for b in behaviors):
         specs = list(behaviors)
         files = [b.path for b in specs if b.path is not None]
@@ -131,7 +132,9 @@ def run(
         **{f"{s.behavior.name}/{m}": _selection_metadata(s, m) for s in sweeps for m in s.vectors},
     )
     wall = time.perf_counter() - started
-    manifest = build_manifest(lm, model_name, specs, seed, run_dir, wall, sweeps)
+    manifest = build_manifest(
+        lm, model_name, specs, seed, run_dir, wall, sweeps, git_commit=code_version
+    )
     _write_json(run_dir / MANIFEST_FILE, manifest)
     write_report(run_dir)
     return RunResult(run_dir=run_dir, results=results, sweeps=sweeps, wall_time_s=wall)
@@ -205,6 +208,8 @@ def build_manifest(
     run_dir: Path,
     wall_time_s: float,
     sweeps: Sequence[BehaviorSweep],
+    *,
+    git_commit: str | None = None,
 ) -> dict:
     from harness import __version__
     from harness.sweep import model_fingerprint
@@ -225,7 +230,7 @@ def build_manifest(
             "dtype": str(lm.dtype).removeprefix("torch."),
         },
         "package_version": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit or _git_commit(),
         "config_hash": hashlib.sha256(json.dumps(configs, sort_keys=True).encode()).hexdigest(),
         "behaviors": {
             b.name: {
@@ -297,18 +302,25 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _git_commit() -> str | None:
-    try:
+    """HEAD of the checkout the package runs from, with ``-dirty`` when tracked files differ."""
+
+    def git(*arguments: str) -> str:
         completed = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *arguments],
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
             timeout=5,
             check=False,
         )
+        return completed.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else False
     except (OSError, subprocess.SubprocessError):
         return None
-    return completed.stdout.strip() or None
+    return (commit + "-dirty" if dirty else commit) or None
 
 
 def _device_name(lm: LanguageModel) -> str:

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+import harness.pipeline
 from harness import load_model
 from harness.behaviors import load_behavior
 from harness.cli import main
@@ -232,6 +233,19 @@ def test_interrupted_run_resumes_without_recomputing_finished_cells(
         assert _markdown_tables_after(resumed_report, heading) == _markdown_tables_after(
             fresh_report, heading
         )
+
+
+def test_manifest_records_the_code_version_the_run_started_with(tmp_path, organism, monkeypatch):
+    # A long run outlives commits made meanwhile; the manifest must name the code that ran.
+    out = tmp_path / "out"
+
+    def head_commit() -> str:  # a commit lands once results exist
+        return "commit-at-end" if (out / "results.parquet").exists() else "commit-at-start"
+
+    monkeypatch.setattr(harness.pipeline, "_git_commit", head_commit)
+    run([small_behavior(tmp_path, "decision_forks")], model=organism, out=out, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["git_commit"] == "commit-at-start"
 
 
 def test_rescore_changes_scores_without_generating(tmp_path, organism, monkeypatch):
