@@ -6,7 +6,7 @@ ones) twice: with :func:`sensitivity_map` (one tangent pass per source, one back
 per target) and pair by pair with :func:`power_steering`. Prints total passes, prompt-set
 passes and wall time for both, and checks that they found the same singular values.
 
-    python benchmarks/bench_map.py --layers 28 --d-model 64 -k 4
+    python benchmarks/bench_map.py --layers 28 --d-model 64 -k 4 --prompts 1
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("-k", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many to use")
+    parser.add_argument("--max-iter", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    prompts = PROMPTS[: args.prompts]
 
     import sys
     from pathlib import Path
@@ -45,20 +48,21 @@ def main() -> None:
                          head_dim=args.d_model // 4)  # fmt: skip
     lm = wrap_model(Qwen3ForCausalLM(config), char_tokenizer(), name="random-qwen3")
     print(f"model: random Qwen3, {args.layers} blocks, d_model={args.d_model}; k={args.k}; "
-          f"{len(PROMPTS)} prompts; threads={torch.get_num_threads()}")  # fmt: skip
+          f"{len(prompts)} prompts; threads={torch.get_num_threads()}")  # fmt: skip
 
-    shared = sensitivity_map(lm, PROMPTS, k=args.k, progress=True)
+    shared = sensitivity_map(lm, prompts, k=args.k, max_iter=args.max_iter, progress=True)
     started = time.perf_counter()
     sweeps, prompt_sweeps, worst = 0, 0.0, 0.0
     for index, (source, target) in enumerate(shared.pairs):
-        single = power_steering(lm, PROMPTS, source, target, k=args.k)
+        single = power_steering(lm, prompts, source, target, k=args.k, max_iter=args.max_iter)
         sweeps += single.forward_passes
         prompt_sweeps += single.prompt_passes
         difference = (shared.singular_values[index] - single.singular_values).abs()
         worst = max(worst, float((difference / single.singular_values).max()))
     pair_by_pair_s = time.perf_counter() - started
 
-    print(f"\n{len(shared.pairs)} pairs; {sum(shared.converged)} converged within 15 iterations")
+    print(f"\n{len(shared.pairs)} pairs; {sum(shared.converged)} converged within "
+          f"{args.max_iter} iterations")  # fmt: skip
     print(f"  {'':14s} {'passes':>8s} {'prompt-set passes':>18s} {'wall s':>8s}")
     print(
         f"  {'shared (map)':14s} {shared.forward_passes:8d} {shared.prompt_passes:18.0f} "
