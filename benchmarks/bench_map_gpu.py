@@ -67,7 +67,7 @@ def main() -> None:
     with torch.device(args.device):
         model = Qwen3ForCausalLM(config).to(dtype)
     lm = wrap_model(model, char_tokenizer(), name=f"random-{args.config}")
-    prompt = ("Steering vectors move a model's behaviour along one direction. " * 4)
+    prompt = "Steering vectors move a model's behaviour along one direction. " * 4
     prompt = prompt[: args.tokens]
     n_tokens = len(lm.tokenizer(prompt)["input_ids"])
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
