@@ -9,7 +9,7 @@ achieved FLOP/s against the card's dense bf16 peak. FLOPs are counted by
 and their forward-mode tangents and gradients), so the achieved rate is measured, not
 modelled; the counter's own overhead makes it a slight underestimate.
 
-    python benchmarks/bench_map_gpu.py --config qwen3-8b --device cuda      # the goal run
+    python benchmarks/bench_map_gpu.py --config qwen3-8b --device cuda --max-rows 128  # goal
     python benchmarks/bench_map_gpu.py --config qwen3-1.7b --device cuda
     python benchmarks/bench_map_gpu.py --config qwen3-1.7b --layers 3 --dtype float32  # CPU check
 """
