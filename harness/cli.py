@@ -453,7 +453,7 @@ def _run_map(args: argparse.Namespace) -> int:
         save_map(out, result, config=config, n_prompts=len(prompts))
         state_path.unlink(missing_ok=True)
     plot_pair_heatmap(result.sigma_matrix(0), out / "sigma1_heatmap.png", label="σ₁",
-                      title=f"{args.model}: top singular value σ₁ of J(s → t)")  # fmt: skip
+                      title=f"{args.model}\ntop singular value σ₁ of J(s → t)")  # fmt: skip
     summary: dict[str, object] = {
         "out": str(out),
         "pairs": len(pairs),
@@ -466,8 +466,8 @@ def _run_map(args: argparse.Namespace) -> int:
         table.to_parquet(out / KL_FILE, index=False)
         matrix = pair_matrix(result.pairs, table["kl"].tolist(), result.n_layers)
         plot_pair_heatmap(matrix, out / "kl_heatmap.png", label="KL (nats)",
-                          title=f"{args.model}: next-token KL, top vector at "
-                                f"{args.kl_scale:g}× residual norm")  # fmt: skip
+                          title=f"{args.model}\nnext-token KL, top vector at "
+                                f"±{args.kl_scale:g}× residual norm")  # fmt: skip
         strongest = table.loc[table["kl"].idxmax()]
         summary["largest_kl"] = {"pair": f"{int(strongest.source)}:{int(strongest.target)}",
                                  "kl": round(float(strongest.kl), 4)}  # fmt: skip
