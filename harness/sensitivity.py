@@ -12,9 +12,11 @@ drops out of the batches.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import pandas as pd
 import torch
@@ -169,6 +171,9 @@ def sensitivity_map(
     ``seed`` and follows the same iteration, so its result equals the per-pair one.
     ``max_rows`` caps the batch rows (vectors × prompts) of one pass, splitting a source's
     or target's passes to bound memory; the result does not change, the sweep count does.
+    When a pass runs out of memory anyway, the rows per pass are halved and the step is
+    run again (with a warning); ``options["max_rows"]`` of the result is the cap it ended
+    with.
     ``checkpoint`` is called with the state after every iteration; passing a saved state
     back as ``resume`` (same arguments otherwise) continues from there with the same
     result as an uninterrupted run.
@@ -195,8 +200,11 @@ def sensitivity_map(
         active = [i for i in range(len(pairs)) if not state.converged[i]]
         if not active:
             break
-        images = _jvp_by_source(
-            lm, batch, pairs, active, state.bases, state.passes, dtype, max_rows
+        images, max_rows = _shrinking_on_oom(
+            partial(_jvp_by_source, lm, batch, pairs, active, state.bases, state.passes, dtype),
+            max_rows,
+            _widest_pass(pairs, active, state.bases, by=0, n_prompts=batch.n_prompts),
+            batch.n_prompts,
         )
         for i in active:
             state.iterations[i] = iteration
@@ -209,7 +217,12 @@ def sensitivity_map(
             state.previous_top[i] = vectors[:k]
         still = [i for i in active if not state.converged[i]]
         if still and iteration < max_iter:
-            pulled = _vjp_by_target(lm, batch, pairs, still, images, state.passes, dtype, max_rows)
+            pulled, max_rows = _shrinking_on_oom(
+                partial(_vjp_by_target, lm, batch, pairs, still, images, state.passes, dtype),
+                max_rows,
+                _widest_pass(pairs, still, state.bases, by=1, n_prompts=batch.n_prompts),
+                batch.n_prompts,
+            )
             for i in still:
                 state.bases[i] = orthonormal_rows(pulled[i])
         state.iteration = iteration
@@ -232,7 +245,8 @@ def sensitivity_map(
         prompt_passes=state.passes.prompt_sweeps,
         wall_time_s=(resume.elapsed_s if resume else 0.0) + time.perf_counter() - started,
         options={"k": k, "max_iter": max_iter, "tol": tol, "seed": seed,
-                 "target_tokens": target_tokens, "oversample": oversample},
+                 "target_tokens": target_tokens, "oversample": oversample,
+                 "max_rows": max_rows},
     )  # fmt: skip
 
 
@@ -299,6 +313,50 @@ def _group(pairs: Sequence[Pair], members: Sequence[int], by: int) -> dict[int, 
 def _targets_of(hidden: torch.Tensor, batch: PromptBatch, rows: slice, width: int) -> torch.Tensor:
     """Rows ``rows`` of ``(rows, tokens, d)`` to ``(width, M)`` over the target positions."""
     return stack_targets(hidden[rows], batch, width)
+
+
+def _shrinking_on_oom(
+    run: Callable[[int | None], dict[int, torch.Tensor]],
+    max_rows: int | None,
+    widest: int,
+    n_prompts: int,
+) -> tuple[dict[int, torch.Tensor], int | None]:
+    """``run(max_rows)``, halving ``max_rows`` and running again while memory runs out.
+
+    The step is idempotent (it only reads the iteration's state), so a rerun gives the
+    same result; the passes that ran before the failure stay counted, as they did run.
+    """
+    while True:
+        try:
+            return run(max_rows), max_rows
+        except torch.OutOfMemoryError:
+            rows = min(max_rows or widest, widest)
+            if rows <= n_prompts:
+                raise PowersteerError(
+                    f"one copy of the {n_prompts} prompts does not fit in memory; use fewer "
+                    "or shorter prompts, or load the model in bfloat16 (--dtype bfloat16)"
+                ) from None
+            max_rows = max(n_prompts, rows // 2 // n_prompts * n_prompts)  # whole copies
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            warnings.warn(
+                f"out of memory with up to {rows} rows per pass; running the step again with "
+                f"{max_rows} (pass max_rows={max_rows} to start there)",
+                stacklevel=3,
+            )
+
+
+def _widest_pass(
+    pairs: Sequence[Pair],
+    members: Sequence[int],
+    bases: dict[int, torch.Tensor],
+    by: int,
+    n_prompts: int,
+) -> int:
+    """Rows of the largest unsplit pass of a step: the most vectors sharing a source
+    (``by=0``) or a target (``by=1``), times the prompts."""
+    groups = _group(pairs, members, by=by).values()
+    return n_prompts * max(sum(bases[i].shape[0] for i in group) for group in groups)
 
 
 def _chunks(widths: Sequence[int], per_pass: int | None) -> list[list[tuple[int, int, int]]]:

@@ -48,6 +48,42 @@ def test_splitting_passes_by_max_rows_changes_only_the_sweep_count(qwen3_tiny, t
     assert split.prompt_passes == pytest.approx(tiny_map.prompt_passes)
 
 
+def _memory_for_rows(limit: int, monkeypatch) -> list[int]:
+    """Make every pass with more than ``limit`` rows run out of memory; returns the rows of
+    the passes that ran."""
+    real = harness.sensitivity.run_to_blocks
+    ran: list[int] = []
+
+    def limited(lm, batch, targets, deltas):
+        if batch.n_prompts > limit:
+            raise torch.OutOfMemoryError(f"simulated: {batch.n_prompts} rows > {limit}")
+        ran.append(batch.n_prompts)
+        return real(lm, batch, targets, deltas)
+
+    monkeypatch.setattr(harness.sensitivity, "run_to_blocks", limited)
+    return ran
+
+
+def test_running_out_of_memory_halves_the_rows_per_pass_with_the_same_result(
+    qwen3_tiny, tiny_map, monkeypatch
+):
+    limit = 4 * len(PROMPTS)  # source 0 needs 3 pairs x 6 vectors x 3 prompts = 54 rows
+    ran = _memory_for_rows(limit, monkeypatch)
+    with pytest.warns(UserWarning, match="out of memory with up to 54 rows per pass"):
+        result = sensitivity_map(qwen3_tiny, PROMPTS, k=2)
+    assert torch.allclose(result.singular_values, tiny_map.singular_values, rtol=1e-5)
+    assert max(ran) <= limit
+    assert result.options["max_rows"] <= limit
+
+
+def test_when_one_copy_of_the_prompts_does_not_fit_the_error_says_what_to_do(
+    qwen3_tiny, monkeypatch
+):
+    _memory_for_rows(len(PROMPTS) - 1, monkeypatch)
+    with pytest.warns(UserWarning), pytest.raises(PowersteerError, match="fewer or shorter"):
+        sensitivity_map(qwen3_tiny, PROMPTS, [(0, 2)], k=2)
+
+
 def test_bfloat16_map_keeps_the_iteration_in_float32_and_stays_close():
     # Same weights in float32 and bfloat16 (the passes run in the model's dtype; the
     # orthonormalisation and Rayleigh-Ritz in float32). bf16 rounds each op to 2^-9
