@@ -2,8 +2,9 @@
 
 Prints, for one model and prompt set:
   * one power iteration (a JVP plus a VJP) in units of one plain forward pass over the
-    same batch, with forward-mode JVP and the double-VJP fallback measured against each
-    other;
+    same batch, with forward-mode JVP (vmap over the tangents, as the operator does it),
+    the earlier dual tensor over k copies of the prompts, and the double-VJP fallback
+    measured against each other;
   * Power Steering's total cost against MELBO's for the same k: wall time and passes.
 
 Each timing is the median of ``--repeats`` interleaved runs, so a slow moment of the
@@ -21,10 +22,13 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from harness import LayerJacobian, load_model, melbo, power_steering, wrap_model
+from harness.jacobian import stack_targets
 from harness.models import LanguageModel
-from harness.steering import run_to_block
+from harness.prompts import PromptBatch
+from harness.steering import autodiff_attention, run_to_block
 
 PROMPTS = [
     "How do I bake bread at home?",
@@ -59,6 +63,20 @@ def _organism_available() -> bool:
     from harness.organism import ORGANISM_DIR
 
     return (ORGANISM_DIR / "config.json").exists()
+
+
+def dual_tensor_jvp(
+    lm: LanguageModel, batch: PromptBatch, source: int, target: int, vectors: torch.Tensor
+) -> torch.Tensor:
+    """The operator's earlier forward-mode JVP, kept here as the reference: the prompts
+    repeated k times, row group j carrying vector j as the tangent of one dual tensor, so
+    the primal is computed k times. ``(k, M)``."""
+    k, n = vectors.shape[0], batch.n_prompts
+    tangent = vectors.to(lm.dtype).repeat_interleave(n, dim=0)[:, None, :]
+    with torch.no_grad(), autodiff_attention(lm), forward_ad.dual_level():
+        theta = forward_ad.make_dual(torch.zeros_like(tangent), tangent)
+        hidden = run_to_block(lm, batch.repeat(k), target, source=source, delta=theta)
+        return stack_targets(forward_ad.unpack_dual(hidden).tangent, batch, k)
 
 
 def median_seconds(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -104,6 +122,9 @@ def main() -> None:
     cotangents = forward_mode.jvp(block)
     forward_mode.vjp(cotangents)  # builds the retained graph once, outside the timing
     stacked = forward_mode.batch.repeat(k)
+    difference = (dual_tensor_jvp(lm, forward_mode.batch, source, target, block)
+                  - forward_mode.jvp(block)).abs().max()  # fmt: skip
+    print(f"vmap JVP vs dual-tensor JVP: largest difference {float(difference):.1e}")
 
     def plain_forward() -> None:
         with torch.no_grad():
@@ -114,14 +135,18 @@ def main() -> None:
         with torch.no_grad():
             run_to_block(lm, stacked, target)
 
-    def fresh_vjp() -> None:
-        forward_mode._vjp_fresh(cotangents)
+    def fresh_vjp() -> None:  # drop the kept graph: forward once, then the backward
+        forward_mode.release()
+        forward_mode.vjp(cotangents)
 
     timings = median_seconds(
         {
             "plain forward, full model": plain_forward,
             "plain forward, to target block": forward_to_target,
             "JVP, forward mode": lambda: forward_mode.jvp(block),
+            "JVP, dual tensor over k copies": lambda: dual_tensor_jvp(
+                lm, forward_mode.batch, source, target, block
+            ),
             "JVP, double VJP": lambda: double_vjp.jvp(block),
             "VJP, backward on retained graph": lambda: forward_mode.vjp(cotangents),
             "VJP, forward + backward": fresh_vjp,
@@ -140,6 +165,9 @@ def main() -> None:
           f"({iteration / truncated:.2f} of a forward to the target block)")  # fmt: skip
     cheaper = min(("forward mode", timings["JVP, forward mode"]),
                   ("double VJP", timings["JVP, double VJP"]), key=lambda pair: pair[1])  # fmt: skip
+    print(f"  JVP: vmap over tangents takes "
+          f"{timings['JVP, forward mode'] / timings['JVP, dual tensor over k copies']:.2f}x "
+          "the time of the dual tensor over k copies")  # fmt: skip
     print(f"  JVP: {cheaper[0]} is cheaper "
           f"({timings['JVP, double VJP'] / timings['JVP, forward mode']:.2f}x "
           "double-VJP / forward-mode time)")  # fmt: skip

@@ -5,24 +5,24 @@ For prompts ``X``, source block ``s`` and target block ``t > s``, the map is
 stacks the target positions of every prompt (padding excluded): ``f: R^d → R^M`` with
 ``M = n_target_positions · d``. ``J = ∂f/∂θ`` at ``θ = 0`` has shape ``(M, d)``.
 
-A block of ``k`` vectors rides along the batch dimension: the prompts are repeated ``k``
-times and row group ``j`` carries vector ``j``, so one pass serves the whole block.
+A block of ``k`` vectors rides along the batch dimension, so one pass serves the whole
+block: forward mode maps over the tangents (the prompts run once, the tangents k times);
+reverse mode repeats the prompts ``k`` times and row group ``j`` carries vector ``j``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.autograd.forward_ad as forward_ad
 
 from harness.errors import PowersteerError
 from harness.layers import LayerSpec, resolve_layer_pair
 from harness.models import LanguageModel
 from harness.prompts import PromptBatch, TargetTokens, encode_prompts
-from harness.steering import autodiff_attention, run_to_block
+from harness.steering import autodiff_attention, run_to_block, run_to_blocks
 
 JvpMode = Literal["auto", "forward", "double_vjp"]
 
@@ -77,7 +77,7 @@ class LayerJacobian:
         self.max_rows = max_rows
         self.dtype = torch.float64 if lm.dtype == torch.float64 else torch.float32
         self.passes = PassCount()
-        self._retained: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pullback: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
 
     @property
     def n_prompts(self) -> int:
@@ -104,10 +104,16 @@ class LayerJacobian:
     def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
         """``Jᵀ u`` for each row ``u`` of ``cotangents`` ``(k, M)``; returns ``(k, d)``."""
         self._check_width(cotangents, self.shape[0], "vjp")
-        chunks = self._chunks(cotangents)
-        if len(chunks) == 1:
-            return self._vjp_retained(chunks[0])
-        return torch.cat([self._vjp_fresh(chunk) for chunk in chunks])
+        if self._pullback is None:
+            # The graph at θ = 0 is the same for every call: one forward pass over the
+            # prompts, kept; each call is then a backward pass mapped over the cotangents.
+            self._pullback = vjp_pullback(self.lm, self.batch, [self.source], self.target)
+            self.passes.add(self.n_prompts, self.n_prompts)
+        pulled = []
+        for chunk in self._chunks(cotangents):
+            pulled.append(self._pullback(chunk)[0])
+            self.passes.add(chunk.shape[0] * self.n_prompts, self.n_prompts)
+        return torch.cat(pulled).to(self.dtype)
 
     # -- forward mode ---------------------------------------------------------------------
 
@@ -122,18 +128,9 @@ class LayerJacobian:
         return self._jvp_double_vjp(vectors)
 
     def _jvp_forward_mode(self, vectors: torch.Tensor) -> torch.Tensor:
-        k = vectors.shape[0]
-        tangent = self._rows_of(vectors)
-        with torch.no_grad(), autodiff_attention(self.lm), forward_ad.dual_level():
-            theta = forward_ad.make_dual(torch.zeros_like(tangent), tangent)
-            hidden = run_to_block(
-                self.lm, self.batch.repeat(k), self.target, source=self.source, delta=theta
-            )
-            hidden_tangent = forward_ad.unpack_dual(hidden).tangent
-        self.passes.add(k * self.n_prompts, self.n_prompts)
-        if hidden_tangent is None:  # target does not depend on the source at all
-            return torch.zeros(k, self.shape[0], dtype=self.dtype, device=vectors.device)
-        return self._select_targets(hidden_tangent, k).to(self.dtype)
+        images = jvp_at_targets(self.lm, self.batch, self.source, [self.target], vectors)
+        self.passes.add(vectors.shape[0] * self.n_prompts, self.n_prompts)
+        return images[self.target].to(self.dtype)
 
     def _jvp_double_vjp(self, vectors: torch.Tensor) -> torch.Tensor:
         # J v = ∂/∂u ⟨Jᵀu, v⟩: a backward pass that builds a graph, then a second one.
@@ -146,34 +143,9 @@ class LayerJacobian:
         self.passes.add(k * self.n_prompts, self.n_prompts, sweeps=3)
         return product.to(self.dtype)
 
-    # -- reverse mode ---------------------------------------------------------------------
-
-    def _vjp_retained(self, cotangents: torch.Tensor) -> torch.Tensor:
-        # The graph at θ = 0 is the same for every call: build it once, backpropagate often.
-        k = cotangents.shape[0]
-        if self._retained is None or self._retained[0].shape[0] != k * self.n_prompts:
-            with autodiff_attention(self.lm), torch.enable_grad():
-                self._retained = self._forward_with_graph(k)
-            self.passes.add(k * self.n_prompts, self.n_prompts)
-        theta, outputs = self._retained
-        with autodiff_attention(self.lm):
-            (grad,) = torch.autograd.grad(
-                outputs, theta, cotangents.to(outputs.dtype), retain_graph=True
-            )
-        self.passes.add(k * self.n_prompts, self.n_prompts)
-        return self._sum_over_prompts(grad, k)
-
-    def _vjp_fresh(self, cotangents: torch.Tensor) -> torch.Tensor:
-        k = cotangents.shape[0]
-        with autodiff_attention(self.lm), torch.enable_grad():
-            theta, outputs = self._forward_with_graph(k)
-            (grad,) = torch.autograd.grad(outputs, theta, cotangents.to(outputs.dtype))
-        self.passes.add(k * self.n_prompts, self.n_prompts, sweeps=2)
-        return self._sum_over_prompts(grad, k)
-
     def release(self) -> None:
         """Free the retained reverse-mode graph."""
-        self._retained = None
+        self._pullback = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -195,10 +167,6 @@ class LayerJacobian:
     def _select_targets(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
         return stack_targets(hidden, self.batch, k)
 
-    def _sum_over_prompts(self, grad: torch.Tensor, k: int) -> torch.Tensor:
-        # θ is shared by all prompts, so its gradient sums the per-row gradients.
-        return grad.reshape(k, self.n_prompts, -1).sum(dim=1).to(self.dtype)
-
     def _chunks(self, rows: torch.Tensor) -> list[torch.Tensor]:
         if self.max_rows is None:
             return [rows]
@@ -211,6 +179,69 @@ class LayerJacobian:
             raise PowersteerError(
                 f"{what} takes a (k, {width}) matrix of row vectors, got {tuple(matrix.shape)}"
             )
+
+
+def jvp_at_targets(
+    lm: LanguageModel,
+    batch: PromptBatch,
+    source: int,
+    targets: Sequence[int],
+    vectors: torch.Tensor,
+) -> dict[int, torch.Tensor]:
+    """``{t: J_{source→t} V}`` for every target from one forward-mode pass; each is ``(k, M_t)``.
+
+    The pass maps over the tangents (``torch.func.vmap`` of ``torch.func.jvp``): the primal
+    (θ = 0, the same for every vector) runs once over the prompts and only the tangents
+    carry the ``k`` vectors, about half the work of repeating the prompts ``k`` times with
+    a dual tensor each. Raises where an op has no forward-mode rule.
+    """
+    n = batch.n_prompts
+    ordered = sorted(set(targets))
+
+    def at_targets(theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        delta = theta.expand(n, 1, theta.shape[-1])  # the same θ on every prompt
+        hidden = run_to_blocks(lm, batch, ordered, {source: delta})
+        return tuple(hidden[t][batch.target_mask].reshape(-1) for t in ordered)
+
+    zero = torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device)
+    with torch.no_grad(), autodiff_attention(lm):
+        images = torch.func.vmap(lambda v: torch.func.jvp(at_targets, (zero,), (v,))[1])(
+            vectors.to(device=lm.device, dtype=lm.dtype)
+        )
+    return dict(zip(ordered, images, strict=True))
+
+
+def vjp_pullback(
+    lm: LanguageModel, batch: PromptBatch, sources: Sequence[int], target: int
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """One forward pass to block ``target`` with θ_s = 0 added at each source; returns
+    ``pull(U)``, which maps cotangents ``(k, M)`` to ``J_{s→target}ᵀ U`` ``(k, d)`` for each
+    source, in the order given.
+
+    ``pull`` is a backward pass mapped over the cotangents (``torch.func.vmap`` of the
+    ``torch.func.vjp`` pullback), so the prompts run forward once, not ``k`` times, and the
+    kept graph holds one copy of the prompts. It can be called again and again. θ is shared
+    by the prompts, so each gradient sums over them.
+    """
+    n = batch.n_prompts
+
+    def at_target(*thetas: torch.Tensor) -> torch.Tensor:
+        deltas = {
+            s: theta.expand(n, 1, theta.shape[-1]) for s, theta in zip(sources, thetas, strict=True)
+        }
+        hidden = run_to_blocks(lm, batch, [target], deltas)[target]
+        return hidden[batch.target_mask].reshape(-1)
+
+    zeros = [torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device) for _ in sources]
+    with torch.enable_grad(), autodiff_attention(lm):
+        _, pullback = torch.func.vjp(at_target, *zeros)
+    batched = torch.func.vmap(pullback)
+
+    def pull(cotangents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with autodiff_attention(lm):
+            return batched(cotangents.to(device=lm.device, dtype=lm.dtype))
+
+    return pull
 
 
 def stack_targets(hidden: torch.Tensor, batch: PromptBatch, k: int) -> torch.Tensor:

@@ -20,19 +20,17 @@ from functools import partial
 
 import pandas as pd
 import torch
-import torch.autograd.forward_ad as forward_ad
 from tqdm.auto import tqdm
 
 from harness.effects import next_token_effect
 from harness.errors import PowersteerError
-from harness.jacobian import PassCount, stack_targets
+from harness.jacobian import PassCount, jvp_at_targets, vjp_pullback
 from harness.layers import resolve_layer_pair
 from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
 from harness.methods.melbo import median_residual_norm
 from harness.methods.power import rayleigh_ritz
 from harness.models import LanguageModel
 from harness.prompts import PromptBatch, TargetTokens, encode_prompts
-from harness.steering import autodiff_attention, run_to_blocks
 
 Pair = tuple[int, int]
 
@@ -310,11 +308,6 @@ def _group(pairs: Sequence[Pair], members: Sequence[int], by: int) -> dict[int, 
     return groups
 
 
-def _targets_of(hidden: torch.Tensor, batch: PromptBatch, rows: slice, width: int) -> torch.Tensor:
-    """Rows ``rows`` of ``(rows, tokens, d)`` to ``(width, M)`` over the target positions."""
-    return stack_targets(hidden[rows], batch, width)
-
-
 def _shrinking_on_oom(
     run: Callable[[int | None], dict[int, torch.Tensor]],
     max_rows: int | None,
@@ -403,21 +396,15 @@ def _jvp_by_source(
         widths = [bases[i].shape[0] for i in members]
         for chunk in _chunks(widths, _vectors_per_pass(max_rows, n)):
             block = torch.cat([bases[members[j]][first:stop] for j, first, stop in chunk])
-            tangent = block.to(lm.dtype).repeat_interleave(n, dim=0)
             targets = sorted({pairs[members[j]][1] for j, _, _ in chunk})
-            with torch.no_grad(), autodiff_attention(lm), forward_ad.dual_level():
-                theta = forward_ad.make_dual(torch.zeros_like(tangent), tangent)[:, None, :]
-                copies = tangent.shape[0] // n
-                hidden = run_to_blocks(lm, batch.repeat(copies), targets, {source: theta})
-                tangents = {t: forward_ad.unpack_dual(h).tangent for t, h in hidden.items()}
-            passes.add(tangent.shape[0], n)
+            images = jvp_at_targets(lm, batch, source, targets, block)
+            passes.add(block.shape[0] * n, n)
             offset = 0
             for j, first, stop in chunk:
-                i, width = members[j], stop - first
-                rows = slice(offset * n, (offset + width) * n)
-                pieces[i].append(_targets_of(tangents[pairs[i][1]], batch, rows, width).to(dtype))
-                offset += width
-            del hidden, tangents
+                i = members[j]
+                pieces[i].append(images[pairs[i][1]][offset : offset + stop - first].to(dtype))
+                offset += stop - first
+            del images
     return {i: torch.cat(parts) for i, parts in pieces.items()}
 
 
@@ -431,33 +418,25 @@ def _vjp_by_target(
     dtype: torch.dtype,
     max_rows: int | None = None,
 ) -> dict[int, torch.Tensor]:
-    """``J_pairᵀ U_pair`` for the given pairs: one forward and backward pass per target
-    (more when ``max_rows`` splits it)."""
+    """``J_pairᵀ U_pair`` for the given pairs: per target, one forward pass over the prompts
+    and one backward pass mapped over every cotangent of its pairs (more backward passes
+    when ``max_rows`` splits them)."""
     n = batch.n_prompts
     pieces: dict[int, list[torch.Tensor]] = defaultdict(list)
     for target, members in _group(pairs, members_all, by=1).items():
+        sources = sorted({pairs[i][0] for i in members})
+        pull = vjp_pullback(lm, batch, sources, target)
+        passes.add(n, n)
         widths = [cotangents[i].shape[0] for i in members]
         for chunk in _chunks(widths, _vectors_per_pass(max_rows, n)):
-            copies = sum(stop - first for _, first, stop in chunk)
-            sources = sorted({pairs[members[j]][0] for j, _, _ in chunk})
-            with autodiff_attention(lm), torch.enable_grad():
-                thetas = {
-                    s: torch.zeros(copies * n, 1, lm.d_model, dtype=lm.dtype, device=lm.device,
-                                   requires_grad=True)
-                    for s in sources
-                }  # fmt: skip
-                hidden = run_to_blocks(lm, batch.repeat(copies), [target], thetas)[target]
-                outputs = _targets_of(hidden, batch, slice(None), copies)
-                weights = torch.cat([cotangents[members[j]][first:stop]
-                                     for j, first, stop in chunk])  # fmt: skip
-                grads = torch.autograd.grad(outputs, [thetas[s] for s in sources],
-                                            weights.to(hidden.dtype))  # fmt: skip
-            passes.add(copies * n, n, sweeps=2)
-            by_source = dict(zip(sources, grads, strict=True))
+            block = torch.cat([cotangents[members[j]][first:stop] for j, first, stop in chunk])
+            by_source = dict(zip(sources, pull(block), strict=True))
+            passes.add(block.shape[0] * n, n)
             offset = 0
             for j, first, stop in chunk:
-                i, width = members[j], stop - first
-                grad = by_source[pairs[i][0]][offset * n : (offset + width) * n]
-                pieces[i].append(grad.reshape(width, n, -1).sum(dim=1).to(dtype))
-                offset += width
+                i = members[j]
+                grad = by_source[pairs[i][0]][offset : offset + stop - first]
+                pieces[i].append(grad.to(dtype))
+                offset += stop - first
+        del pull
     return {i: torch.cat(parts) for i, parts in pieces.items()}

@@ -49,18 +49,32 @@ def test_splitting_passes_by_max_rows_changes_only_the_sweep_count(qwen3_tiny, t
 
 
 def _memory_for_rows(limit: int, monkeypatch) -> list[int]:
-    """Make every pass with more than ``limit`` rows run out of memory; returns the rows of
-    the passes that ran."""
-    real = harness.sensitivity.run_to_blocks
+    """Make every pass with more than ``limit`` rows (vectors x prompts) run out of memory;
+    returns the rows of the passes that ran."""
+    jvp_at_targets = harness.sensitivity.jvp_at_targets
+    vjp_pullback = harness.sensitivity.vjp_pullback
     ran: list[int] = []
 
-    def limited(lm, batch, targets, deltas):
-        if batch.n_prompts > limit:
-            raise torch.OutOfMemoryError(f"simulated: {batch.n_prompts} rows > {limit}")
-        ran.append(batch.n_prompts)
-        return real(lm, batch, targets, deltas)
+    def check(rows: int) -> None:
+        if rows > limit:
+            raise torch.OutOfMemoryError(f"simulated: {rows} rows > {limit}")
+        ran.append(rows)
 
-    monkeypatch.setattr(harness.sensitivity, "run_to_blocks", limited)
+    def tangent_pass(lm, batch, source, targets, vectors):
+        check(len(vectors) * batch.n_prompts)
+        return jvp_at_targets(lm, batch, source, targets, vectors)
+
+    def backward_passes(lm, batch, sources, target):
+        pull = vjp_pullback(lm, batch, sources, target)
+
+        def limited(cotangents):
+            check(len(cotangents) * batch.n_prompts)
+            return pull(cotangents)
+
+        return limited
+
+    monkeypatch.setattr(harness.sensitivity, "jvp_at_targets", tangent_pass)
+    monkeypatch.setattr(harness.sensitivity, "vjp_pullback", backward_passes)
     return ran
 
 
