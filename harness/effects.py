@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from harness.jacobian import vectors_per_pass
 from harness.models import LanguageModel
 from harness.prompts import PromptBatch
 from harness.steering import add_to_residual
@@ -46,14 +48,13 @@ def next_token_log_probs(
     """
     last = batch.attention_mask.sum(1) - 1  # right-padded: the last real token
     rows = torch.arange(batch.n_prompts, device=last.device)
-    with torch.no_grad():
-        if deltas is None or layer is None:
-            logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        else:
-            with add_to_residual(lm, layer, deltas[:, None, :].to(lm.device)):
-                logits = lm.model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask
-                ).logits
+    steering = (
+        nullcontext()
+        if deltas is None or layer is None
+        else add_to_residual(lm, layer, deltas[:, None, :].to(lm.device))
+    )
+    with torch.no_grad(), steering:
+        logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     return torch.log_softmax(logits[rows, last].double(), dim=-1).cpu()
 
 
@@ -79,7 +80,7 @@ def next_token_effect(
     by_layer: dict[int, list[int]] = defaultdict(list)
     for index, layer in enumerate(layers):
         by_layer[int(layer)].append(index)
-    per_pass = max(1, (max_rows or 2 * n * len(vectors)) // (2 * n))  # vectors per pass
+    per_pass = vectors_per_pass(max_rows, 2 * n) or max(1, len(vectors))  # row: sign, prompt
     for layer, members in by_layer.items():
         for start in range(0, len(members), per_pass):
             chunk = members[start : start + per_pass]

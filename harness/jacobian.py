@@ -5,9 +5,10 @@ For prompts ``X``, source block ``s`` and target block ``t > s``, the map is
 stacks the target positions of every prompt (padding excluded): ``f: R^d → R^M`` with
 ``M = n_target_positions · d``. ``J = ∂f/∂θ`` at ``θ = 0`` has shape ``(M, d)``.
 
-A block of ``k`` vectors rides along the batch dimension, so one pass serves the whole
-block: forward mode maps over the tangents (the prompts run once, the tangents k times);
-reverse mode repeats the prompts ``k`` times and row group ``j`` carries vector ``j``.
+A block of ``k`` vectors rides along one pass: forward mode maps over the tangents and
+reverse mode over the cotangents (``torch.func.vmap``), so the prompts run forward once
+and only the block is carried ``k`` times. The double-VJP fallback repeats the prompts
+``k`` times instead, row group ``j`` carrying vector ``j``.
 """
 
 from __future__ import annotations
@@ -168,10 +169,8 @@ class LayerJacobian:
         return stack_targets(hidden, self.batch, k)
 
     def _chunks(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        if self.max_rows is None:
-            return [rows]
-        per_chunk = max(1, self.max_rows // self.n_prompts)
-        return list(rows.split(per_chunk))
+        per_pass = vectors_per_pass(self.max_rows, self.n_prompts)
+        return [rows] if per_pass is None else list(rows.split(per_pass))
 
     @staticmethod
     def _check_width(matrix: torch.Tensor, width: int, what: str) -> None:
@@ -195,13 +194,10 @@ def jvp_at_targets(
     carry the ``k`` vectors, about half the work of repeating the prompts ``k`` times with
     a dual tensor each. Raises where an op has no forward-mode rule.
     """
-    n = batch.n_prompts
     ordered = sorted(set(targets))
 
     def at_targets(theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        delta = theta.expand(n, 1, theta.shape[-1])  # the same θ on every prompt
-        hidden = run_to_blocks(lm, batch, ordered, {source: delta})
-        return tuple(hidden[t][batch.target_mask].reshape(-1) for t in ordered)
+        return _target_activations(lm, batch, ordered, {source: theta})
 
     zero = torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device)
     with torch.no_grad(), autodiff_attention(lm):
@@ -223,14 +219,10 @@ def vjp_pullback(
     kept graph holds one copy of the prompts. It can be called again and again. θ is shared
     by the prompts, so each gradient sums over them.
     """
-    n = batch.n_prompts
 
     def at_target(*thetas: torch.Tensor) -> torch.Tensor:
-        deltas = {
-            s: theta.expand(n, 1, theta.shape[-1]) for s, theta in zip(sources, thetas, strict=True)
-        }
-        hidden = run_to_blocks(lm, batch, [target], deltas)[target]
-        return hidden[batch.target_mask].reshape(-1)
+        (flat,) = _target_activations(lm, batch, [target], dict(zip(sources, thetas, strict=True)))
+        return flat
 
     zeros = [torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device) for _ in sources]
     with torch.enable_grad(), autodiff_attention(lm):
@@ -242,6 +234,26 @@ def vjp_pullback(
             return batched(cotangents.to(device=lm.device, dtype=lm.dtype))
 
     return pull
+
+
+def vectors_per_pass(max_rows: int | None, n_prompts: int) -> int | None:
+    """How many vectors of a block one pass may carry: ``max_rows`` rows, each vector taking
+    one row per prompt (at least one vector); None when passes are not split."""
+    return None if max_rows is None else max(1, max_rows // n_prompts)
+
+
+def _target_activations(
+    lm: LanguageModel,
+    batch: PromptBatch,
+    targets: Sequence[int],
+    thetas: dict[int, torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    """``f(θ)`` of the module docstring for each target, flattened to ``(M,)``: each
+    ``thetas[s]`` (``(d,)``, the same on every prompt) is added to ``h_s``."""
+    n = batch.n_prompts
+    deltas = {s: theta.expand(n, 1, theta.shape[-1]) for s, theta in thetas.items()}
+    hidden = run_to_blocks(lm, batch, targets, deltas)
+    return tuple(hidden[t][batch.target_mask].reshape(-1) for t in targets)
 
 
 def stack_targets(hidden: torch.Tensor, batch: PromptBatch, k: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from harness.effects import next_token_effect
 from harness.errors import PowersteerError
-from harness.jacobian import PassCount, jvp_at_targets, vjp_pullback
+from harness.jacobian import PassCount, jvp_at_targets, vectors_per_pass, vjp_pullback
 from harness.layers import resolve_layer_pair
 from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
 from harness.methods.melbo import median_residual_norm
@@ -373,8 +373,22 @@ def _chunks(widths: Sequence[int], per_pass: int | None) -> list[list[tuple[int,
     return passes
 
 
-def _vectors_per_pass(max_rows: int | None, n_prompts: int) -> int | None:
-    return None if max_rows is None else max(1, max_rows // n_prompts)
+def _stacked(
+    chunk: Sequence[tuple[int, int, int]], members: Sequence[int], blocks: dict[int, torch.Tensor]
+) -> torch.Tensor:
+    """The rows a pass carries: each ``(j, first, stop)`` range of member ``j``'s block."""
+    return torch.cat([blocks[members[j]][first:stop] for j, first, stop in chunk])
+
+
+def _unstacked(
+    chunk: Sequence[tuple[int, int, int]], members: Sequence[int]
+) -> list[tuple[int, slice]]:
+    """Inverse of :func:`_stacked`: each pair index with its rows in the pass's output."""
+    placed, offset = [], 0
+    for j, first, stop in chunk:
+        placed.append((members[j], slice(offset, offset + stop - first)))
+        offset += stop - first
+    return placed
 
 
 def _jvp_by_source(
@@ -394,16 +408,13 @@ def _jvp_by_source(
     for source, members in _group(pairs, active, by=0).items():
         members = sorted(members, key=lambda i: pairs[i][1])  # early targets stop early
         widths = [bases[i].shape[0] for i in members]
-        for chunk in _chunks(widths, _vectors_per_pass(max_rows, n)):
-            block = torch.cat([bases[members[j]][first:stop] for j, first, stop in chunk])
+        for chunk in _chunks(widths, vectors_per_pass(max_rows, n)):
+            block = _stacked(chunk, members, bases)
             targets = sorted({pairs[members[j]][1] for j, _, _ in chunk})
             images = jvp_at_targets(lm, batch, source, targets, block)
             passes.add(block.shape[0] * n, n)
-            offset = 0
-            for j, first, stop in chunk:
-                i = members[j]
-                pieces[i].append(images[pairs[i][1]][offset : offset + stop - first].to(dtype))
-                offset += stop - first
+            for i, rows in _unstacked(chunk, members):
+                pieces[i].append(images[pairs[i][1]][rows].to(dtype))
             del images
     return {i: torch.cat(parts) for i, parts in pieces.items()}
 
@@ -428,15 +439,11 @@ def _vjp_by_target(
         pull = vjp_pullback(lm, batch, sources, target)
         passes.add(n, n)
         widths = [cotangents[i].shape[0] for i in members]
-        for chunk in _chunks(widths, _vectors_per_pass(max_rows, n)):
-            block = torch.cat([cotangents[members[j]][first:stop] for j, first, stop in chunk])
+        for chunk in _chunks(widths, vectors_per_pass(max_rows, n)):
+            block = _stacked(chunk, members, cotangents)
             by_source = dict(zip(sources, pull(block), strict=True))
             passes.add(block.shape[0] * n, n)
-            offset = 0
-            for j, first, stop in chunk:
-                i = members[j]
-                grad = by_source[pairs[i][0]][offset : offset + stop - first]
-                pieces[i].append(grad.to(dtype))
-                offset += stop - first
+            for i, rows in _unstacked(chunk, members):
+                pieces[i].append(by_source[pairs[i][0]][rows].to(dtype))
         del pull
     return {i: torch.cat(parts) for i, parts in pieces.items()}
