@@ -18,7 +18,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from harness import power_steering, wrap_model
-from harness.sensitivity import sensitivity_map
+from harness.engine.sensitivity import sensitivity_map
 
 PROMPTS = ["The quick brown fox jumps", "over the lazy dog.", "Steering vectors!"]
 

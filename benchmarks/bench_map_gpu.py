@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from harness import wrap_model
-from harness.sensitivity import sensitivity_map
+from harness.engine.sensitivity import sensitivity_map
 
 # The published configurations (config.json of Qwen/Qwen3-1.7B and Qwen/Qwen3-8B).
 CONFIGS = {

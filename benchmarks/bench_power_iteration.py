@@ -25,10 +25,10 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 
 from harness import LayerJacobian, load_model, melbo, power_steering, wrap_model
-from harness.jacobian import stack_targets
-from harness.models import LanguageModel
-from harness.prompts import PromptBatch
-from harness.steering import autodiff_attention, run_to_block
+from harness.engine.jacobian import stack_targets
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import PromptBatch
+from harness.engine.steering import autodiff_attention, run_to_block
 
 PROMPTS = [
     "How do I bake bread at home?",

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from harness import load_model, power_steering
-from harness.effects import next_token_effect
-from harness.jacobian import LayerJacobian
-from harness.layers import resolve_layer_pair
-from harness.methods.melbo import median_residual_norm
-from harness.models import LanguageModel
-from harness.prompts import (
+from harness.engine.effects import next_token_effect
+from harness.engine.jacobian import LayerJacobian
+from harness.engine.layers import resolve_layer_pair
+from harness.engine.methods.melbo import median_residual_norm
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import (
     PromptBatch,
     TargetTokens,
     encode_prompts,

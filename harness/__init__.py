@@ -1,25 +1,24 @@
 """powersteer: find, compare and regression-test steering vectors in language models.
 
-The pipeline, one module per step: :mod:`harness.models` loads a model and finds its
-decoder blocks, :mod:`harness.prompts` batches prompts, :mod:`harness.steering` adds vectors
-to the residual stream, :mod:`harness.jacobian` is the layer-to-layer Jacobian operator, and
-:mod:`harness.methods` finds steering vectors (Power Steering, MELBO, random controls).
+Three layers: :mod:`harness.engine` (models, prompts, steering, the Jacobian operator,
+methods), :mod:`harness.evaluation` (behaviors, scorers, sweep, statistics, report) and
+:mod:`harness.integrations` (CLI, pytest plugin, lm-eval model).
 """
 
-from harness.errors import PowersteerError
-from harness.jacobian import LayerJacobian
-from harness.layers import resolve_layer
-from harness.methods import (
+from harness.engine.jacobian import LayerJacobian
+from harness.engine.layers import resolve_layer
+from harness.engine.methods import (
     SteeringVectors,
     find_vectors,
     melbo,
     power_steering,
     random_directions,
 )
-from harness.models import LanguageModel, load_model, wrap_model
-from harness.prompts import PromptBatch, encode_prompts
-from harness.steering import steer
-from harness.vectors_io import load_vectors, save_vectors
+from harness.engine.models import LanguageModel, load_model, wrap_model
+from harness.engine.prompts import PromptBatch, encode_prompts
+from harness.engine.steering import steer
+from harness.engine.vectors_io import load_vectors, save_vectors
+from harness.errors import PowersteerError
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.behaviors import (
+from harness.errors import PowersteerError
+from harness.evaluation.behaviors import (
     Split,
     create_behavior,
     load_behavior,
@@ -17,8 +18,7 @@ from harness.behaviors import (
     split_indices,
     use_chat_template,
 )
-from harness.cli import main
-from harness.errors import PowersteerError
+from harness.integrations.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "behaviors").rglob("*.yaml"))

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import PowersteerError, catalogue, load_model
-from harness.catalogue import CatalogueEntry, RegistryPackage
-from harness.cli import main
+from harness import PowersteerError, load_model
+from harness.engine import catalogue
+from harness.engine.catalogue import CatalogueEntry, RegistryPackage
+from harness.integrations.cli import main
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness import load_vectors
-from harness.cli import main
+from harness.integrations.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from conftest import PROMPTS, exact_jacobian
 
 from harness import LayerJacobian, PowersteerError
-from harness.steering import run_to_block
+from harness.engine.steering import run_to_block
 
 # float64 models and float64 reference: products agree to rounding (~1e-15 observed);
 # 1e-8 leaves room for summation order while catching any real error.

@@ -11,10 +11,10 @@ import yaml
 from lm_eval.tasks import TaskManager
 
 from harness import load_model
+from harness.engine.methods import find_vectors
+from harness.engine.vectors_io import save_vector_sets, save_vectors
 from harness.errors import PowersteerError
-from harness.lm_eval_model import SteeredLM, read_steering_vector
-from harness.methods import find_vectors
-from harness.vectors_io import save_vector_sets, save_vectors
+from harness.integrations.lm_eval_model import SteeredLM, read_steering_vector
 
 FORKS = Path(__file__).resolve().parent.parent / "behaviors" / "organism" / "data" / "forks.jsonl"
 
@@ -111,7 +111,7 @@ def test_registered_name_and_model_args_string(organism, task_dir, run_vectors):
 def test_run_defaults_come_from_the_selection(run_vectors):
     vector, source, length = read_steering_vector(run_vectors)
     assert source == 1 and length == pytest.approx(120.0)
-    from harness.vectors_io import load_vector_sets
+    from harness.engine.vectors_io import load_vector_sets
 
     stored = load_vector_sets(run_vectors)["forks/random"][0].vectors[1]
     torch.testing.assert_close(vector, -stored)
@@ -156,8 +156,8 @@ def test_capability_adds_a_cost_table_to_the_report(tmp_path, organism, task_dir
 
     from test_pipeline import small_behavior
 
-    from harness.capability import run_capability
-    from harness.pipeline import run
+    from harness.evaluation.pipeline import run
+    from harness.integrations.capability import run_capability
 
     out = tmp_path / "run"
     run([small_behavior(tmp_path, "decision_forks")], model=organism, out=out, progress=False)
@@ -172,7 +172,7 @@ def test_capability_adds_a_cost_table_to_the_report(tmp_path, organism, task_dir
 
 
 def test_powersteer_lm_eval_runs_lm_evals_command_line(task_dir, run_vectors, capsys):
-    from harness.cli import main
+    from harness.integrations.cli import main
 
     code = main(
         [

@@ -7,8 +7,8 @@ import torch
 from conftest import PROMPTS
 
 from harness import melbo, power_steering
-from harness.methods.melbo import median_residual_norm
-from harness.prompts import encode_prompts
+from harness.engine.methods.melbo import median_residual_norm
+from harness.engine.prompts import encode_prompts
 
 SOURCE, TARGET = 0, 2
 

@@ -16,18 +16,18 @@ import pytest
 import torch
 import yaml
 
-import harness.pipeline
+import harness.evaluation.pipeline
 from harness import load_model
-from harness.behaviors import load_behavior
-from harness.cli import main
+from harness.engine.generation import completion_loglik, generate, repetition_rate
+from harness.engine.methods import find_vectors
+from harness.engine.prompts import encode_prompts, format_chat
+from harness.engine.steering import run_to_block
 from harness.errors import PowersteerError
-from harness.generation import completion_loglik, generate, repetition_rate
-from harness.methods import find_vectors
-from harness.pipeline import rescore, run
-from harness.prompts import encode_prompts, format_chat
-from harness.stats import mcnemar_exact, wilson_interval
-from harness.steering import run_to_block
-from harness.sweep import ResultCache, _CellRunner
+from harness.evaluation.behaviors import load_behavior
+from harness.evaluation.pipeline import rescore, run
+from harness.evaluation.stats import mcnemar_exact, wilson_interval
+from harness.evaluation.sweep import ResultCache, _CellRunner
+from harness.integrations.cli import main
 
 ORGANISM_BEHAVIORS = Path(__file__).resolve().parent.parent / "behaviors" / "organism"
 pytestmark = pytest.mark.xdist_group("organism_pipeline")
@@ -167,7 +167,7 @@ def test_mcnemar_rows_match_the_paired_outcomes(finished_run):
 def test_selection_uses_select_prompts_only(tmp_path, organism, finished_run):
     """Changing the test prompts' outcomes must not move the selection."""
     results = pd.read_parquet(finished_run.run_dir / "results.parquet")
-    from harness.analysis import select_cells
+    from harness.evaluation.analysis import select_cells
 
     select = results[(results.split == "select") & (results.behavior == "organism_anti_refusal")]
     chosen = select_cells(select, "success")
@@ -242,7 +242,7 @@ def test_manifest_records_the_code_version_the_run_started_with(tmp_path, organi
     def head_commit() -> str:  # a commit lands once results exist
         return "commit-at-end" if (out / "results.parquet").exists() else "commit-at-start"
 
-    monkeypatch.setattr(harness.pipeline, "_git_commit", head_commit)
+    monkeypatch.setattr(harness.evaluation.pipeline, "_git_commit", head_commit)
     run([small_behavior(tmp_path, "decision_forks")], model=organism, out=out, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["git_commit"] == "commit-at-start"
@@ -262,7 +262,7 @@ def test_rescore_changes_scores_without_generating(tmp_path, organism, monkeypat
     def no_generation(*args, **kwargs):
         raise AssertionError("rescore must not generate")
 
-    monkeypatch.setattr("harness.sweep.generate", no_generation)
+    monkeypatch.setattr("harness.evaluation.sweep.generate", no_generation)
     rescore(out, flipped)
     after = (
         pd.read_parquet(out / "results.parquet")

@@ -7,7 +7,7 @@ import torch
 from conftest import PROMPTS, exact_jacobian
 
 from harness import PowersteerError, find_vectors, power_steering
-from harness.methods._linalg import largest_principal_angle
+from harness.engine.linalg import largest_principal_angle
 
 SOURCE, TARGET = 0, 2
 

@@ -22,8 +22,9 @@ import pytest
 import torch
 from conftest import exact_jacobian
 
-from harness import catalogue, load_model, melbo, power_steering, steer
-from harness.jacobian import LayerJacobian
+from harness import load_model, melbo, power_steering, steer
+from harness.engine import catalogue
+from harness.engine.jacobian import LayerJacobian
 
 pytestmark = [pytest.mark.realmodel, pytest.mark.xdist_group("realmodel")]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.errors import PowersteerError
-from harness.scorers import (
+from harness.evaluation.scorers import (
     REFUSAL_PHRASES,
     SCORERS,
     ScoreResult,

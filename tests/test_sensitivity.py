@@ -8,13 +8,13 @@ import torch
 from conftest import PROMPTS
 from tiny_models import tiny_model
 
-import harness.sensitivity
+import harness.engine.sensitivity
 from harness import PowersteerError, power_steering, steer
-from harness.cli import main
-from harness.methods import median_residual_norm
-from harness.prompts import encode_prompts
-from harness.sensitivity import all_pairs, next_token_kl, parse_pairs, sensitivity_map
-from harness.sensitivity_io import KL_FILE, STATE_FILE, load_map, load_state, save_state
+from harness.engine.methods import median_residual_norm
+from harness.engine.prompts import encode_prompts
+from harness.engine.sensitivity import all_pairs, next_token_kl, parse_pairs, sensitivity_map
+from harness.engine.sensitivity_io import KL_FILE, STATE_FILE, load_map, load_state, save_state
+from harness.integrations.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_splitting_passes_by_max_rows_changes_only_the_sweep_count(qwen3_tiny, t
 def _memory_for_rows(limit: int, monkeypatch) -> list[int]:
     """Make every pass with more than ``limit`` rows (vectors x prompts) run out of memory;
     returns the rows of the passes that ran."""
-    jvp_at_targets = harness.sensitivity.jvp_at_targets
-    vjp_pullback = harness.sensitivity.vjp_pullback
+    jvp_at_targets = harness.engine.sensitivity.jvp_at_targets
+    vjp_pullback = harness.engine.sensitivity.vjp_pullback
     ran: list[int] = []
 
     def check(rows: int) -> None:
@@ -73,8 +73,8 @@ def _memory_for_rows(limit: int, monkeypatch) -> list[int]:
 
         return limited
 
-    monkeypatch.setattr(harness.sensitivity, "jvp_at_targets", tangent_pass)
-    monkeypatch.setattr(harness.sensitivity, "vjp_pullback", backward_passes)
+    monkeypatch.setattr(harness.engine.sensitivity, "jvp_at_targets", tangent_pass)
+    monkeypatch.setattr(harness.engine.sensitivity, "vjp_pullback", backward_passes)
     return ran
 
 
@@ -214,7 +214,7 @@ def test_map_command_adds_kl_and_reuses_a_finished_map(tmp_path, qwen3_tiny, mon
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished map with the same settings was recomputed")
 
-    monkeypatch.setattr(harness.sensitivity, "sensitivity_map", must_not_run)
+    monkeypatch.setattr(harness.engine.sensitivity, "sensitivity_map", must_not_run)
     assert main([*arguments, "--kl-scale", "0.5"]) == 0
     table = pd.read_parquet(out / KL_FILE)
     assert list(zip(table["source"], table["target"], strict=True)) == first.pairs

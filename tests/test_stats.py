@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import binomtest
 
 from harness.errors import PowersteerError
-from harness.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
+from harness.evaluation.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
 
 
 def test_wilson_interval_matches_published_values():

@@ -11,11 +11,11 @@ import torch
 from conftest import PROMPTS, exact_jacobian
 
 from harness import LayerJacobian, PowersteerError, melbo, power_steering
-from harness.behaviors import load_behavior
-from harness.cli import build_parser
-from harness.pipeline import run
-from harness.prompts import DEFAULT_TARGET_TOKENS, check_target_tokens, encode_prompts
-from harness.sensitivity import sensitivity_map
+from harness.engine.prompts import DEFAULT_TARGET_TOKENS, check_target_tokens, encode_prompts
+from harness.engine.sensitivity import sensitivity_map
+from harness.evaluation.behaviors import load_behavior
+from harness.evaluation.pipeline import run
+from harness.integrations.cli import build_parser
 
 # float64 models and float64 reference, as in test_jacobian.py.
 TOLERANCE = 1e-8

@@ -22,15 +22,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from harness.effects import next_token_effect
+from harness.engine.effects import next_token_effect
+from harness.engine.jacobian import PassCount, jvp_at_targets, vectors_per_pass, vjp_pullback
+from harness.engine.layers import resolve_layer_pair
+from harness.engine.linalg import fix_signs, largest_principal_angle, orthonormal_rows
+from harness.engine.methods.melbo import median_residual_norm
+from harness.engine.methods.power import rayleigh_ritz
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
 from harness.errors import PowersteerError
-from harness.jacobian import PassCount, jvp_at_targets, vectors_per_pass, vjp_pullback
-from harness.layers import resolve_layer_pair
-from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
-from harness.methods.melbo import median_residual_norm
-from harness.methods.power import rayleigh_ritz
-from harness.models import LanguageModel
-from harness.prompts import PromptBatch, TargetTokens, encode_prompts
 
 Pair = tuple[int, int]
 
@@ -41,7 +41,7 @@ class SensitivityMap:
 
     ``singular_values`` is ``(n_pairs, k)``, ``vectors`` ``(n_pairs, k, d_model)`` with
     unit rows; entry ``i`` belongs to ``pairs[i]``. Cost is measured as in
-    :class:`~harness.methods.SteeringVectors`, for the whole map.
+    :class:`~harness.engine.methods.SteeringVectors`, for the whole map.
     """
 
     pairs: list[Pair]

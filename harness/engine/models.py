@@ -15,8 +15,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from harness.engine.layers import LayerSpec, resolve_layer
 from harness.errors import PowersteerError
-from harness.layers import LayerSpec, resolve_layer
 
 # model_type -> dotted path of the decoder blocks, from the top-level *ForCausalLM module.
 DECODER_BLOCKS: dict[str, str] = {
@@ -123,7 +123,7 @@ def load_model(
 
     Also a catalogue name (``powersteer models list``; fetched and cached on first use), a
     ``.gguf`` file, or a directory with ``gguf_file`` naming the GGUF file in it: GGUF
-    checkpoints are dequantized once and cached as safetensors (see ``harness.catalogue``).
+    checkpoints are dequantized once and cached as safetensors (see ``harness.engine.catalogue``).
 
     ``device`` is ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (spread over the
     available devices with ``device_map="auto"``). ``blocks_path`` names the decoder-block
@@ -187,7 +187,7 @@ def _resolve_source(name_or_path: str | os.PathLike[str], gguf_file: str | None 
                 "powersteer or retrain them with `python -m harness.organism.train`"
             )
         return str(ORGANISM_DIR)
-    from harness.catalogue import resolve_source
+    from harness.engine.catalogue import resolve_source
 
     converted = resolve_source(name_or_path, gguf_file)  # catalogue names and GGUF files
     if converted is not None:

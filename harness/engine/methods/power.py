@@ -14,13 +14,13 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from harness.engine.jacobian import JvpMode, LayerJacobian
+from harness.engine.layers import LayerSpec
+from harness.engine.linalg import fix_signs, largest_principal_angle, orthonormal_rows
+from harness.engine.methods.result import SteeringVectors
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import TargetTokens
 from harness.errors import PowersteerError
-from harness.jacobian import JvpMode, LayerJacobian
-from harness.layers import LayerSpec
-from harness.methods._linalg import fix_signs, largest_principal_angle, orthonormal_rows
-from harness.methods._result import SteeringVectors
-from harness.models import LanguageModel
-from harness.prompts import TargetTokens
 
 
 def power_steering(

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.jacobian import vectors_per_pass
-from harness.models import LanguageModel
-from harness.prompts import PromptBatch
-from harness.steering import add_to_residual
+from harness.engine.jacobian import vectors_per_pass
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import PromptBatch
+from harness.engine.steering import add_to_residual
 
 
 @dataclass

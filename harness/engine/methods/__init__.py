@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from harness.engine.layers import LayerSpec
+from harness.engine.methods.caa import difference_of_means
+from harness.engine.methods.melbo import median_residual_norm, melbo
+from harness.engine.methods.power import power_steering
+from harness.engine.methods.random import random_directions
+from harness.engine.methods.result import SteeringVectors
+from harness.engine.models import LanguageModel
 from harness.errors import PowersteerError
-from harness.layers import LayerSpec
-from harness.methods._result import SteeringVectors
-from harness.methods.caa import difference_of_means
-from harness.methods.melbo import median_residual_norm, melbo
-from harness.methods.power import power_steering
-from harness.methods.random import random_directions
-from harness.models import LanguageModel
 
 MethodFunction = Callable[..., SteeringVectors]
 

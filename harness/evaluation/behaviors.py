@@ -19,7 +19,7 @@ anywhere is an error)::
       path: data/harmless.jsonl       # target behavior; CAA's direction is
                                       # mean(contrast) - mean(prompts)
     scorer:
-      type: refusal                   # a registered scorer (harness.scorers.SCORERS)
+      type: refusal                   # a registered scorer (harness.evaluation.scorers.SCORERS)
       success: not_refused            # ... and that scorer's options
     generation: {max_new_tokens: 64, temperature: 0}
     steering:
@@ -31,7 +31,7 @@ anywhere is an error)::
       target_tokens: all_but_first    # target positions: all, all_but_first (default) or
                                       # N (the last N prompt tokens)
       options:                        # optional keyword arguments for each method
-        melbo: {steps: 150}           # (see harness.methods: power_steering, melbo, ...)
+        melbo: {steps: 150}           # (see harness.engine.methods: power_steering, melbo, ...)
     coherence:                        # when a steered output still counts as coherent
       max_loglik_drop: 3.0            # nats/token below the median unsteered completion
       max_repetition: 0.5             # repeated-trigram fraction of the completion
@@ -70,7 +70,7 @@ from pydantic import (
 )
 
 from harness.errors import PowersteerError
-from harness.scorers import SCORERS, Scorer, build_scorer, type_problem
+from harness.evaluation.scorers import SCORERS, Scorer, build_scorer, type_problem
 
 PROMPT_SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
 MethodName = Literal["power", "melbo", "random", "caa"]
@@ -148,7 +148,7 @@ class ScorerSpec(BaseModel):
     """``type`` names a registered scorer; the other keys are its options.
 
     The options are checked against the scorer's own signature by
-    :func:`harness.scorers.build_scorer`, so unknown ones are still errors.
+    :func:`harness.evaluation.scorers.build_scorer`, so unknown ones are still errors.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -170,8 +170,8 @@ class Generation(_Section):
 
 def _check_target_tokens(value: object) -> object:
     """``steering.target_tokens`` by the one rule the methods use; unset or null is the
-    run default (:data:`harness.prompts.DEFAULT_TARGET_TOKENS`)."""
-    from harness.prompts import DEFAULT_TARGET_TOKENS, check_target_tokens
+    run default (:data:`harness.engine.prompts.DEFAULT_TARGET_TOKENS`)."""
+    from harness.engine.prompts import DEFAULT_TARGET_TOKENS, check_target_tokens
 
     try:
         return DEFAULT_TARGET_TOKENS if value is None else check_target_tokens(value)
@@ -284,7 +284,7 @@ class Behavior(_Section):
         return self._path.parent if self._path is not None else Path.cwd()
 
     def make_scorer(self) -> Scorer:
-        """The built scorer (see :mod:`harness.scorers`)."""
+        """The built scorer (see :mod:`harness.evaluation.scorers`)."""
         return build_scorer(self.scorer.as_dict(), base_dir=self.base_dir)
 
     def prompt_rows(self) -> list[dict[str, Any]]:
@@ -385,7 +385,7 @@ def _check_method_options(method: str, options: dict[str, Any]) -> None:
     """Options must be keyword arguments of the method's function (not the ones the sweep sets)."""
     import inspect
 
-    from harness.methods import METHOD_FUNCTIONS
+    from harness.engine.methods import METHOD_FUNCTIONS
 
     owned = {"lm", "prompts", "contrast", "source", "target", "k", "num_vectors", "seed"}
     accepted = sorted(
@@ -621,7 +621,7 @@ def _is_type_tag(part: Any) -> bool:
 
 SCAFFOLD = """\
 # Behavior {name}: check it with `powersteer validate {file}`.
-# Every key is documented in harness/behaviors.py; unknown keys are errors.
+# Every key is documented in harness/evaluation/behaviors.py; unknown keys are errors.
 name: {name}
 description: What steering should change in the model's answers.
 

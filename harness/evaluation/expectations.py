@@ -25,9 +25,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis import UNSTEERED, comparisons, selected_table
-from harness.behaviors import Behavior
 from harness.errors import PowersteerError
+from harness.evaluation.analysis import UNSTEERED, comparisons, selected_table
+from harness.evaluation.behaviors import Behavior
 
 ALPHA = 0.05
 BASELINE_VERSION = 1

@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from harness.engine.sensitivity import MapState, SensitivityMap
 from harness.errors import PowersteerError
-from harness.sensitivity import MapState, SensitivityMap
 
 MAP_FILE = "map.safetensors"
 TABLE_FILE = "map.parquet"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import PowersteerError
-from harness.report import MANIFEST_FILE, VECTORS_FILE, write_report
+from harness.evaluation.report import MANIFEST_FILE, VECTORS_FILE, write_report
 
 CAPABILITY_FILE = "capability.json"
 
@@ -34,9 +34,9 @@ def run_capability(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from harness.lm_eval_model import SteeredLM, read_steering_vector
-    from harness.models import load_model
-    from harness.vectors_io import load_vector_sets
+    from harness.engine.models import load_model
+    from harness.engine.vectors_io import load_vector_sets
+    from harness.integrations.lm_eval_model import SteeredLM, read_steering_vector
 
     run_dir = Path(run_dir)
     vectors_file = run_dir / VECTORS_FILE

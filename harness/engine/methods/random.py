@@ -6,11 +6,11 @@ import time
 
 import torch
 
+from harness.engine.layers import LayerSpec, resolve_layer_pair
+from harness.engine.linalg import orthonormal_rows
+from harness.engine.methods.result import SteeringVectors
+from harness.engine.models import LanguageModel
 from harness.errors import PowersteerError
-from harness.layers import LayerSpec, resolve_layer_pair
-from harness.methods._linalg import orthonormal_rows
-from harness.methods._result import SteeringVectors
-from harness.models import LanguageModel
 
 
 def random_directions(

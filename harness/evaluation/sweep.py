@@ -3,7 +3,7 @@
 Two phases, so nothing reported is chosen on the prompts it is reported on:
 
 1. On the ``select`` part of the prompts: the unsteered model, then every
-   (method, vector, sign, scale) cell. :func:`harness.analysis.select_cells` picks each
+   (method, vector, sign, scale) cell. :func:`harness.evaluation.analysis.select_cells` picks each
    method's best (vector, sign, scale) there.
 2. On the ``test`` part: the unsteered model and each method's selected (vector, sign) at
    every scale. Every number in a report comes from these rows.
@@ -30,16 +30,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from harness.behaviors import Behavior, prompt_texts, split_indices, use_chat_template
+from harness.engine.generation import completion_loglik, generate, repetition_rate
+from harness.engine.layers import resolve_layer_pair
+from harness.engine.methods import SUPERVISED_METHODS, SteeringVectors, find_vectors
+from harness.engine.methods.melbo import median_residual_norm
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import encode_prompts, format_chat
+from harness.engine.vectors_io import load_vectors, save_vectors
 from harness.errors import PowersteerError
-from harness.generation import completion_loglik, generate, repetition_rate
-from harness.layers import resolve_layer_pair
-from harness.methods import SUPERVISED_METHODS, SteeringVectors, find_vectors
-from harness.methods.melbo import median_residual_norm
-from harness.models import LanguageModel
-from harness.prompts import encode_prompts, format_chat
-from harness.scorers import GenerationScorer, LogitsScorer, Scorer
-from harness.vectors_io import load_vectors, save_vectors
+from harness.evaluation.behaviors import Behavior, prompt_texts, split_indices, use_chat_template
+from harness.evaluation.scorers import GenerationScorer, LogitsScorer, Scorer
 
 CACHE_VERSION = 1  # bump when a cell's content would change for the same key
 UNSTEERED = "unsteered"
@@ -160,7 +160,7 @@ def sweep_behavior(
     progress: bool = True,
 ) -> BehaviorSweep:
     """Run both phases of the sweep for ``behavior``; see the module docstring."""
-    from harness.analysis import select_cells
+    from harness.evaluation.analysis import select_cells
 
     prepared = prepare_behavior(lm, behavior)
     scorer = behavior.make_scorer()
@@ -418,7 +418,7 @@ class _CellRunner:
         loglik = self._loglik(all_prompts, completions.token_ids)
         logit_scores: list[float] | None = None
         if isinstance(self.scorer, LogitsScorer):
-            from harness.steering import steer
+            from harness.engine.steering import steer
 
             rows = [self.prepared.rows[i] for i in self.prepared.indices(split)] * len(batch)
             with steer(self.lm, vectors.to(self.lm.dtype), self.prepared.source, scales):

@@ -19,11 +19,11 @@ from typing import Literal
 
 import torch
 
+from harness.engine.layers import LayerSpec, resolve_layer_pair
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
+from harness.engine.steering import autodiff_attention, run_to_block, run_to_blocks
 from harness.errors import PowersteerError
-from harness.layers import LayerSpec, resolve_layer_pair
-from harness.models import LanguageModel
-from harness.prompts import PromptBatch, TargetTokens, encode_prompts
-from harness.steering import autodiff_attention, run_to_block, run_to_blocks
 
 JvpMode = Literal["auto", "forward", "double_vjp"]
 

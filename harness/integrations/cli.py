@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from harness.errors import PowersteerError
 
 if TYPE_CHECKING:
-    from harness.models import LanguageModel
+    from harness.engine.models import LanguageModel
 
 EXAMPLES = """examples:
   powersteer run                                   # organism behaviors on the organism
@@ -130,7 +130,7 @@ def _add_run_commands(commands: argparse._SubParsersAction) -> None:
         "lm-eval",
         help="lm-eval's command line with the powersteer steered model registered",
         description="Runs lm-evaluation-harness with the arguments given, after registering "
-        "--model powersteer (see harness/lm_eval_model.py for its model_args).",
+        "--model powersteer (see harness/integrations/lm_eval_model.py for its model_args).",
         epilog="example:\n  powersteer lm-eval --model powersteer --model_args "
         "pretrained=organism,vectors=reports/RUN,set=organism_anti_refusal/power,scale=1 "
         "--tasks my_task --include_path my_tasks/",
@@ -141,7 +141,7 @@ def _add_run_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from harness.pipeline import run, summary_lines
+    from harness.evaluation.pipeline import run, summary_lines
 
     result = run(
         [*args.behaviors, *args.behavior_dirs],
@@ -157,14 +157,14 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from harness.report import write_report
+    from harness.evaluation.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
     return 0
 
 
 def _run_capability(args: argparse.Namespace) -> int:
-    from harness.capability import run_capability
+    from harness.integrations.capability import run_capability
 
     path = run_capability(
         args.run_dir,
@@ -180,20 +180,20 @@ def _run_capability(args: argparse.Namespace) -> int:
 
 
 def _run_lm_eval(args: argparse.Namespace) -> int:
-    from harness.lm_eval_model import lm_eval_main
+    from harness.integrations.lm_eval_model import lm_eval_main
 
     return lm_eval_main(args.arguments)
 
 
 def _run_rescore(args: argparse.Namespace) -> int:
-    from harness.pipeline import rescore
+    from harness.evaluation.pipeline import rescore
 
     print(f"wrote {rescore(args.run_dir, args.behavior)}")
     return 0
 
 
 def _add_vectors_command(commands: argparse._SubParsersAction) -> None:
-    from harness.methods import METHODS, SUPERVISED_METHODS
+    from harness.engine.methods import METHODS, SUPERVISED_METHODS
 
     vectors = commands.add_parser(
         "vectors",
@@ -249,7 +249,7 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chat", action="store_true", help="wrap each prompt in the model's chat template"
     )
-    from harness.prompts import DEFAULT_TARGET_TOKENS
+    from harness.engine.prompts import DEFAULT_TARGET_TOKENS
 
     parser.add_argument(
         "--target-tokens",
@@ -265,7 +265,7 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _target_tokens_argument(text: str) -> object:
-    from harness.prompts import check_target_tokens
+    from harness.engine.prompts import check_target_tokens
 
     try:
         return check_target_tokens(text)
@@ -320,7 +320,7 @@ def _add_organism_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_models_commands(commands: argparse._SubParsersAction) -> None:
-    from harness.catalogue import add_models_commands
+    from harness.engine.catalogue import add_models_commands
 
     add_models_commands(commands)
 
@@ -351,7 +351,7 @@ def _add_behavior_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from harness.behaviors import load_behavior
+    from harness.evaluation.behaviors import load_behavior
 
     bad = 0
     for file in args.files:
@@ -366,7 +366,7 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _run_new(args: argparse.Namespace) -> int:
-    from harness.behaviors import create_behavior
+    from harness.evaluation.behaviors import create_behavior
 
     for path in create_behavior(args.name, args.directory):
         print(f"wrote {path}")
@@ -375,8 +375,8 @@ def _run_new(args: argparse.Namespace) -> int:
 
 def _model_and_prompts(args: argparse.Namespace) -> tuple[LanguageModel, list[str]]:
     """The flags shared by vectors and map: read the prompts, load the model, chat-format."""
-    from harness.models import load_model
-    from harness.prompts import format_chat, read_prompts
+    from harness.engine.models import load_model
+    from harness.engine.prompts import format_chat, read_prompts
 
     prompts = read_prompts(args.prompts, field=args.field)
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -386,8 +386,8 @@ def _model_and_prompts(args: argparse.Namespace) -> tuple[LanguageModel, list[st
 
 
 def _run_vectors(args: argparse.Namespace) -> int:
-    from harness.methods import find_vectors
-    from harness.vectors_io import save_vectors
+    from harness.engine.methods import find_vectors
+    from harness.engine.vectors_io import save_vectors
 
     lm, prompts = _model_and_prompts(args)
     source = lm.layer(args.source, name="--source")
@@ -419,9 +419,8 @@ def _run_vectors(args: argparse.Namespace) -> int:
 
 
 def _run_map(args: argparse.Namespace) -> int:
-    from harness.plots import plot_pair_heatmap
-    from harness.sensitivity import next_token_kl, pair_matrix, parse_pairs, sensitivity_map
-    from harness.sensitivity_io import (
+    from harness.engine.sensitivity import next_token_kl, pair_matrix, parse_pairs, sensitivity_map
+    from harness.engine.sensitivity_io import (
         KL_FILE,
         STATE_FILE,
         finished_map,
@@ -429,6 +428,7 @@ def _run_map(args: argparse.Namespace) -> int:
         save_map,
         save_state,
     )
+    from harness.evaluation.plots import plot_pair_heatmap
 
     lm, prompts = _model_and_prompts(args)
     pairs = parse_pairs(args.pairs, lm.n_layers)
@@ -492,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lm-eval"] and argv[1:2] not in (["-h"], ["--help"]):
         # Every argument after lm-eval is lm-eval's; argparse would claim the options.
-        from harness.lm_eval_model import lm_eval_main
+        from harness.integrations.lm_eval_model import lm_eval_main
 
         return lm_eval_main(argv[1:])
     parser = build_parser()

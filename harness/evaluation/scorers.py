@@ -43,7 +43,7 @@ from pydantic import TypeAdapter, ValidationError
 from harness.errors import PowersteerError
 
 if TYPE_CHECKING:
-    from harness.models import LanguageModel
+    from harness.engine.models import LanguageModel
 
 Metric = Literal["success", "score"]
 Kind = Literal["generation", "logits"]
@@ -604,7 +604,7 @@ def _last_log_probs(lm: LanguageModel, contexts: Sequence[list[int]]) -> Any:
     """``(n, vocab)`` float64 log-softmax of the logits after each context's last token."""
     import torch
 
-    from harness.prompts import pad_token_lists
+    from harness.engine.prompts import pad_token_lists
 
     lengths = [len(c) for c in contexts]
     input_ids, attention_mask = pad_token_lists(lm, contexts)

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 
 import torch
 
+from harness.engine.layers import LayerSpec, resolve_layer_pair
+from harness.engine.methods.result import SteeringVectors
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import encode_prompts
+from harness.engine.steering import run_to_block
 from harness.errors import PowersteerError
-from harness.layers import LayerSpec, resolve_layer_pair
-from harness.methods._result import SteeringVectors
-from harness.models import LanguageModel
-from harness.prompts import encode_prompts
-from harness.steering import run_to_block
 
 
 def difference_of_means(

@@ -1,7 +1,7 @@
 """From a sweep's rows to the numbers a report shows: selection, rates, tests, cost.
 
 Every function reads the ``results.parquet`` frame (one row per prompt × method × vector ×
-sign × scale, see :mod:`harness.sweep`) and returns a plain ``DataFrame`` or dict, so a
+sign × scale, see :mod:`harness.evaluation.sweep`) and returns a plain ``DataFrame`` or dict, so a
 report, a CI check and a notebook compute the same numbers the same way.
 
 Rules, stated once:
@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from harness.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
+from harness.evaluation.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
 
 if TYPE_CHECKING:
-    from harness.sweep import Cell
+    from harness.evaluation.sweep import Cell
 
 UNSTEERED = "unsteered"
 METHOD_ORDER = ("power", "melbo", "caa", "random", UNSTEERED)
@@ -64,7 +64,7 @@ def select_cells(
     ``keep_vectors`` (method -> (vector, sign)) fixes the vector and sign and selects only
     the scale, as a rescore does: the held-out prompts were measured for those alone.
     """
-    from harness.sweep import Cell
+    from harness.evaluation.sweep import Cell
 
     steered = select_rows[select_rows["method"] != UNSTEERED].copy()
     for method, (vector, sign) in (keep_vectors or {}).items():
@@ -73,7 +73,9 @@ def select_cells(
         )
         steered = steered[~other]
     if "coherent" not in steered:
-        raise ValueError("select rows need a coherent column (harness.sweep.mark_coherent)")
+        raise ValueError(
+            "select rows need a coherent column (harness.evaluation.sweep.mark_coherent)"
+        )
     keys = ["method", "vector", "sign", "scale"]
     if metric == "success":
         steered["objective"] = steered["success"].astype(bool) & steered["coherent"]

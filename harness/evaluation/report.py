@@ -22,7 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis import (
+from harness.engine.vectors_io import SETS_METADATA_KEY
+from harness.errors import PowersteerError
+from harness.evaluation.analysis import (
     UNSTEERED,
     comparisons,
     cost_table,
@@ -30,8 +32,6 @@ from harness.analysis import (
     recovered_fraction,
     selected_table,
 )
-from harness.errors import PowersteerError
-from harness.vectors_io import SETS_METADATA_KEY
 
 RESULTS_FILE = "results.parquet"
 VECTORS_FILE = "vectors.safetensors"
@@ -178,7 +178,7 @@ def build_blocks(
                 "than the behavior's `coherence.max_loglik_drop` below the median unsteered "
                 "completion, and at most `coherence.max_repetition` of its trigrams repeat. "
                 "Every rate and interval here is recomputed by `powersteer report RUN_DIR` from "
-                "`results.parquet` (rules: `harness/analysis.py`)."
+                "`results.parquet` (rules: `harness/evaluation/analysis.py`)."
             ),
         )
     )
@@ -501,7 +501,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def _plots(
     run_dir: Path, results: pd.DataFrame, vector_metadata: dict[str, dict]
 ) -> dict[str, Path]:
-    from harness.plots import plot_cost, plot_spectra, plot_success_vs_scale
+    from harness.evaluation.plots import plot_cost, plot_spectra, plot_success_vs_scale
 
     plots = {
         "success_vs_scale": plot_success_vs_scale(

@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from harness.engine.methods import SteeringVectors
 from harness.errors import PowersteerError
-from harness.methods import SteeringVectors
 
 METADATA_KEY = "powersteer"
 SETS_METADATA_KEY = "powersteer_sets"

@@ -28,16 +28,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.analysis import selected_table
-from harness.behaviors import Behavior, load_behavior
+from harness.engine.models import LanguageModel, load_model
+from harness.engine.vectors_io import save_vector_sets
 from harness.errors import PowersteerError
-from harness.models import LanguageModel, load_model
-from harness.report import MANIFEST_FILE, RESULTS_FILE, VECTORS_FILE, write_report
-from harness.sweep import BehaviorSweep, ResultCache, score_generations, sweep_behavior
-from harness.vectors_io import save_vector_sets
+from harness.evaluation.analysis import selected_table
+from harness.evaluation.behaviors import Behavior, load_behavior
+from harness.evaluation.report import MANIFEST_FILE, RESULTS_FILE, VECTORS_FILE, write_report
+from harness.evaluation.sweep import BehaviorSweep, ResultCache, score_generations, sweep_behavior
 
 DEFAULT_MODEL = "organism"
-DEFAULT_BEHAVIORS_DIR = Path(__file__).resolve().parent.parent / "behaviors" / "organism"
+DEFAULT_BEHAVIORS_DIR = Path(__file__).resolve().parents[2] / "behaviors" / "organism"
 DEFAULT_REPORTS_DIR = Path("reports")
 LIBRARIES = ("torch", "transformers", "numpy", "pandas", "scipy", "pydantic", "safetensors")
 
@@ -143,8 +143,8 @@ def run(
 def rescore(run_dir: str | os.PathLike[str], behavior_file: str | os.PathLike[str]) -> Path:
     """Score a run's saved generations again with ``behavior_file``'s scorer (same behavior
     name) and rebuild the report; nothing is generated again."""
-    from harness.analysis import select_cells
-    from harness.sweep import mark_coherent
+    from harness.evaluation.analysis import select_cells
+    from harness.evaluation.sweep import mark_coherent
 
     run_dir = Path(run_dir)
     results_path = run_dir / RESULTS_FILE
@@ -212,7 +212,7 @@ def build_manifest(
     git_commit: str | None = None,
 ) -> dict:
     from harness import __version__
-    from harness.sweep import model_fingerprint
+    from harness.evaluation.sweep import model_fingerprint
 
     configs = [b.model_dump(mode="json") for b in behaviors]
     config = lm.model.config

@@ -3,8 +3,8 @@
 ``pytest evals/`` collects each behavior file as one test item per method named in its
 ``expect:`` section (``expect.methods``, default every method but ``random``). An item
 passes when the method meets the behavior's thresholds and its stored baseline (see
-:mod:`harness.expectations`). The sweep behind a behavior runs once, through
-:func:`harness.pipeline.run`, into ``--steer-out/<behavior>/`` with its full report.
+:mod:`harness.evaluation.expectations`). The sweep behind a behavior runs once, through
+:func:`harness.evaluation.pipeline.run`, into ``--steer-out/<behavior>/`` with its full report.
 
 Parallel runs: ``pytest evals/ -n auto`` loads the model once per worker (on a machine
 with several GPUs and ``--steer-device cuda``, worker ``gwN`` takes GPU ``N mod count``).
@@ -14,7 +14,7 @@ computing the same vectors again.
 
 Fixtures for ``test_*.py`` files: ``steer_model`` (the loaded model), ``steer_behavior``
 (load a behavior file) and ``steer_run`` (sweep a behavior file, cached per worker;
-returns a :class:`harness.pipeline.RunResult` with ``.results``, ``.sweeps`` and
+returns a :class:`harness.evaluation.pipeline.RunResult` with ``.results``, ``.sweeps`` and
 ``.run_dir``).
 """
 
@@ -75,7 +75,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput") or not config.getoption("steer_update_baseline"):
         return
-    from harness.expectations import write_baseline
+    from harness.evaluation.expectations import write_baseline
 
     state = config.stash[_STATE]
     by_file: dict[str, dict[str, dict[str, Any]]] = {}
@@ -109,7 +109,7 @@ class _State:
     @property
     def model(self) -> Any:
         if self._model is None:
-            from harness.models import load_model
+            from harness.engine.models import load_model
 
             self._model = load_model(self.config.getoption("steer_model"), device=self.device())
         return self._model
@@ -129,8 +129,8 @@ class _State:
         if behavior_file not in self._runs:
             from filelock import FileLock
 
-            from harness.behaviors import load_behavior
-            from harness.pipeline import run
+            from harness.evaluation.behaviors import load_behavior
+            from harness.evaluation.pipeline import run
 
             behavior = load_behavior(behavior_file)
             run_dir = self.out / behavior.name
@@ -149,8 +149,8 @@ class BehaviorFile(pytest.File):
     """A behavior YAML file: one item per method held to its ``expect:``."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        from harness.behaviors import load_behavior
         from harness.errors import PowersteerError
+        from harness.evaluation.behaviors import load_behavior
 
         try:
             behavior = load_behavior(self.path)
@@ -173,7 +173,7 @@ class SteeringItem(pytest.Item):
         self.behavior, self.method = behavior, method
 
     def runtest(self) -> None:
-        from harness.expectations import (
+        from harness.evaluation.expectations import (
             baseline_check,
             expectation_checks,
             headline,
@@ -252,7 +252,7 @@ def steer_model(pytestconfig: pytest.Config) -> Any:
 @pytest.fixture(scope="session")
 def steer_behavior() -> Callable[[str | os.PathLike[str]], Any]:
     """``steer_behavior(path)`` loads and validates a behavior file."""
-    from harness.behaviors import load_behavior
+    from harness.evaluation.behaviors import load_behavior
 
     return load_behavior
 
@@ -260,6 +260,6 @@ def steer_behavior() -> Callable[[str | os.PathLike[str]], Any]:
 @pytest.fixture(scope="session")
 def steer_run(pytestconfig: pytest.Config) -> Callable[[str | os.PathLike[str]], Any]:
     """``steer_run(path)`` sweeps a behavior file once per worker and returns the
-    :class:`harness.pipeline.RunResult` (``.results``, ``.sweeps[0].vectors``, ...)."""
+    :class:`harness.evaluation.pipeline.RunResult` (``.results``, ``.sweeps[0].vectors``, ...)."""
     state = pytestconfig.stash[_STATE]
     return lambda path: state.run(Path(path))

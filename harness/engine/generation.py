@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import pad_token_lists, padding_side
+from harness.engine.steering import steer
 from harness.errors import PowersteerError
-from harness.models import LanguageModel
-from harness.prompts import pad_token_lists, padding_side
-from harness.steering import steer
 
 
 @dataclass(frozen=True)

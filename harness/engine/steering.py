@@ -8,9 +8,9 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import PromptBatch
 from harness.errors import PowersteerError
-from harness.models import LanguageModel
-from harness.prompts import PromptBatch
 
 
 @contextmanager

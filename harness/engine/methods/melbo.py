@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from harness.engine.layers import LayerSpec, resolve_layer_pair
+from harness.engine.methods.result import SteeringVectors
+from harness.engine.models import LanguageModel
+from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
+from harness.engine.steering import run_to_block
 from harness.errors import PowersteerError
-from harness.layers import LayerSpec, resolve_layer_pair
-from harness.methods._result import SteeringVectors
-from harness.models import LanguageModel
-from harness.prompts import PromptBatch, TargetTokens, encode_prompts
-from harness.steering import run_to_block
 
 # The reference optimiser steps with lr 1e-3 at its usual radius R = 4; scaling lr with R
 # keeps the angular step size the same whatever radius the residual norms call for.

@@ -5,13 +5,13 @@ The Hugging Face wrapper (``HFLM``) with one vector added to one block's output:
     powersteer lm-eval --model powersteer --tasks my_task --include_path my_tasks/ \\
         --device cpu --model_args pretrained=organism,vectors=reports/RUN,set=NAME/power,scale=1
 
-or from Python, after ``import harness.lm_eval_model``::
+or from Python, after ``import harness.integrations.lm_eval_model``::
 
     lm_eval.simple_evaluate(model="powersteer", model_args={...}, tasks=[...])
 
 Model arguments (besides HFLM's own, such as ``batch_size`` and ``device``):
 
-* ``pretrained``: anything :func:`harness.models.load_model` takes (catalogue name, hub id,
+* ``pretrained``: anything :func:`harness.engine.models.load_model` takes (catalogue name, hub id,
   local directory, ``.gguf``); default ``organism``.
 * ``vectors``: a run directory (its ``vectors.safetensors``), a run's vector file, or a
   file from ``powersteer vectors``. Without it the model is unsteered.
@@ -40,8 +40,8 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from harness.engine.models import LanguageModel, load_model
 from harness.errors import PowersteerError
-from harness.models import LanguageModel, load_model
 
 
 def read_steering_vector(
@@ -58,7 +58,7 @@ def read_steering_vector(
     Defaults come from the run's selection; every mistake is one clear error naming the
     file and the argument.
     """
-    from harness.vectors_io import SETS_METADATA_KEY, load_vector_sets, load_vectors
+    from harness.engine.vectors_io import SETS_METADATA_KEY, load_vector_sets, load_vectors
 
     path = Path(path)
     file = path / "vectors.safetensors" if path.is_dir() else path

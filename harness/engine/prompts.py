@@ -12,8 +12,8 @@ from typing import Literal
 
 import torch
 
+from harness.engine.models import LanguageModel
 from harness.errors import PowersteerError
-from harness.models import LanguageModel
 
 TargetTokens = int | Literal["all", "all_but_first"] | None
 """Which prompt positions form the target of a layer-to-layer map (one choice per run).
