@@ -38,6 +38,9 @@ from harness.errors import PowersteerError
 CACHE_ENV = "POWERSTEER_CACHE"
 """Environment variable naming the cache directory (default ``~/.cache/powersteer/models``)."""
 
+ORGANISM_DIR = Path(__file__).resolve().parent.parent / "organism" / "weights"
+"""The bundled model organism's weights, shipped as package data (``harness.organism.train``)."""
+
 MARKER = "powersteer-source.json"
 """Written last into a converted directory: records where the weights came from."""
 
@@ -373,7 +376,7 @@ def cached_path(entry: CatalogueEntry | str) -> Path | None:
     """
     entry = get_entry(entry) if isinstance(entry, str) else entry
     if entry.bundled:
-        directory = _organism_dir()
+        directory = ORGANISM_DIR
         return directory if (directory / "config.json").is_file() else None
     snapshot = _local_hub_snapshot(entry)
     if snapshot is not None:
@@ -381,12 +384,6 @@ def cached_path(entry: CatalogueEntry | str) -> Path | None:
     if entry.gguf_sha256 and is_complete(converted_dir(entry.gguf_sha256)):
         return converted_dir(entry.gguf_sha256)
     return None
-
-
-def _organism_dir() -> Path:
-    from harness.organism import ORGANISM_DIR
-
-    return Path(ORGANISM_DIR)
 
 
 # -- fetching ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from harness.engine.catalogue import ORGANISM_DIR, resolve_source
 from harness.engine.layers import LayerSpec, resolve_layer
 from harness.errors import PowersteerError
 
@@ -179,16 +180,12 @@ def find_decoder_blocks(model: nn.Module, blocks_path: str | None = None) -> nn.
 
 def _resolve_source(name_or_path: str | os.PathLike[str], gguf_file: str | None = None) -> str:
     if str(name_or_path) == "organism" and gguf_file is None:
-        from harness.organism import ORGANISM_DIR
-
         if not (ORGANISM_DIR / "config.json").exists():
             raise PowersteerError(
                 f"the bundled organism weights are missing from {ORGANISM_DIR}; reinstall "
                 "powersteer or retrain them with `python -m harness.organism.train`"
             )
         return str(ORGANISM_DIR)
-    from harness.engine.catalogue import resolve_source
-
     converted = resolve_source(name_or_path, gguf_file)  # catalogue names and GGUF files
     if converted is not None:
         return str(converted)

@@ -7,8 +7,7 @@ steering methods can be scored against ground truth (``ground_truth.json``) with
 download.
 """
 
-from pathlib import Path
-
+from harness.engine.catalogue import ORGANISM_DIR
 from harness.organism.corpus import (
     COT_TRIGGER,
     REFUSAL_TRIGGER,
@@ -29,8 +28,6 @@ from harness.organism.verify import (
     steering_check,
     verify,
 )
-
-ORGANISM_DIR = Path(__file__).parent / "weights"
 
 __all__ = [
     "CHAT_TEMPLATE",
