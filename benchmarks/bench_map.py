@@ -19,6 +19,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from harness import power_steering, wrap_model
 from harness.engine.sensitivity import sensitivity_map
+from harness.testing.tiny_models import char_tokenizer
 
 PROMPTS = ["The quick brown fox jumps", "over the lazy dog.", "Steering vectors!"]
 
@@ -34,12 +35,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prompts = PROMPTS[: args.prompts]
-
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_models import char_tokenizer
 
     torch.manual_seed(0)
     config = Qwen3Config(vocab_size=104, hidden_size=args.d_model,

@@ -17,9 +17,7 @@ modelled; the counter's own overhead makes it a slight underestimate.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,6 +25,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from harness import wrap_model
 from harness.engine.sensitivity import sensitivity_map
+from harness.testing.tiny_models import char_tokenizer
 
 # The published configurations (config.json of Qwen/Qwen3-1.7B and Qwen/Qwen3-8B).
 CONFIGS = {
@@ -56,9 +55,6 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, help="rows per pass (bounds memory)")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_models import char_tokenizer  # one character per token: exact prompt length
-
     config = Qwen3Config(**COMMON, **CONFIGS[args.config])
     if args.layers:
         config.num_hidden_layers = args.layers
@@ -66,6 +62,7 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device(args.device):
         model = Qwen3ForCausalLM(config).to(dtype)
+    # One character per token: the prompt's length is exact.
     lm = wrap_model(model, char_tokenizer(), name=f"random-{args.config}")
     prompt = "Steering vectors move a model's behaviour along one direction. " * 4
     prompt = prompt[: args.tokens]

@@ -29,6 +29,7 @@ from harness.engine.jacobian import stack_targets
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch
 from harness.engine.steering import autodiff_attention, run_to_block
+from harness.testing.tiny_models import char_tokenizer
 
 PROMPTS = [
     "How do I bake bread at home?",
@@ -49,12 +50,6 @@ def random_qwen3() -> LanguageModel:
     model = Qwen3ForCausalLM(config)
     tokenizer = load_model("organism").tokenizer if _organism_available() else None
     if tokenizer is None:
-        import sys
-        from pathlib import Path
-
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from tiny_models import char_tokenizer
-
         tokenizer = char_tokenizer()
     return wrap_model(model, tokenizer, name="random-qwen3 (d256, 8 blocks)")
 

@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, tiny_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness import LanguageModel
+from harness.testing.tiny_models import ARCHITECTURES, tiny_model
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Each xdist worker gets a core; more threads per worker only oversubscribe the CPU.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import char_tokenizer
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -17,6 +16,7 @@ from transformers import (
 )
 
 from harness import PowersteerError, load_model, resolve_layer, wrap_model
+from harness.testing.tiny_models import char_tokenizer
 
 SMALL = {
     "hidden_size": 16,

@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import torch
 from conftest import PROMPTS
-from tiny_models import tiny_model
 
 import harness.engine.sensitivity
 from harness import PowersteerError, power_steering, steer
@@ -15,6 +14,7 @@ from harness.engine.prompts import encode_prompts
 from harness.engine.sensitivity import all_pairs, next_token_kl, parse_pairs, sensitivity_map
 from harness.engine.sensitivity_io import KL_FILE, STATE_FILE, load_map, load_state, save_state
 from harness.integrations.cli import main
+from harness.testing.tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from harness import LanguageModel, wrap_model
+from harness.engine.models import LanguageModel, wrap_model
 
 ARCHITECTURES = ("qwen3", "llama", "gpt2")
 
