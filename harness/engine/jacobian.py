@@ -76,7 +76,7 @@ class LayerJacobian:
             raise PowersteerError(f"jvp_mode={jvp_mode!r}; use 'auto', 'forward' or 'double_vjp'")
         self.jvp_mode: JvpMode = jvp_mode
         self.max_rows = max_rows
-        self.dtype = torch.float64 if lm.dtype == torch.float64 else torch.float32
+        self.dtype = lm.compute_dtype
         self.passes = PassCount()
         self._pullback: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
 

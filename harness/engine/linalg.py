@@ -10,6 +10,16 @@ def orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(rows.T).Q.T.contiguous()
 
 
+def random_orthonormal_rows(
+    rows: int, dim: int, *, seed: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``rows`` orthonormal rows ``(rows, dim)`` spanning a uniformly random subspace (QR of
+    a seeded Gaussian): the start block of every power iteration, so the same seed starts
+    per-pair Power Steering and the sensitivity map from the same subspace."""
+    generator = torch.Generator().manual_seed(seed)
+    return orthonormal_rows(torch.randn(rows, dim, generator=generator, dtype=dtype))
+
+
 def largest_principal_angle(first: torch.Tensor, second: torch.Tensor) -> float:
     """Largest principal angle (radians) between the row spaces of two orthonormal ``(k, d)``.
 

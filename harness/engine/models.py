@@ -85,6 +85,13 @@ class LanguageModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of iterates and accumulations: float64 for a float64 model, float32
+        otherwise, so a bf16 or fp16 model's passes never round an orthonormal basis or an
+        optimised vector to half precision."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
     def layer(self, spec: LayerSpec, *, name: str = "layer") -> int:
         """Resolve an int (negative from the end) or a fraction of depth to a block index."""
         return resolve_layer(spec, self.n_layers, name=name)

@@ -25,7 +25,12 @@ from tqdm.auto import tqdm
 from harness.engine.effects import next_token_effect
 from harness.engine.jacobian import PassCount, jvp_at_targets, vectors_per_pass, vjp_pullback
 from harness.engine.layers import resolve_layer_pair
-from harness.engine.linalg import fix_signs, largest_principal_angle, orthonormal_rows
+from harness.engine.linalg import (
+    fix_signs,
+    largest_principal_angle,
+    orthonormal_rows,
+    random_orthonormal_rows,
+)
 from harness.engine.methods.melbo import median_residual_norm
 from harness.engine.methods.power import rayleigh_ritz
 from harness.engine.models import LanguageModel
@@ -186,7 +191,7 @@ def sensitivity_map(
     for source, target in pairs:
         resolve_layer_pair(source, target, lm.n_layers)
     batch = encode_prompts(lm, prompts, target_tokens=target_tokens)
-    dtype = torch.float64 if lm.dtype == torch.float64 else torch.float32
+    dtype = lm.compute_dtype
     block = min(k + oversample, d_model)
     state = resume or _initial_state(len(pairs), block, d_model, seed, dtype)
     to_device = {i: basis.to(device=lm.device, dtype=dtype) for i, basis in state.bases.items()}
@@ -291,9 +296,7 @@ def pair_matrix(pairs: Sequence[Pair], values: Sequence[float], n_layers: int) -
 def _initial_state(
     n_pairs: int, block: int, d_model: int, seed: int, dtype: torch.dtype
 ) -> MapState:
-    # The same start as power_steering(seed=seed), so each pair reproduces the per-pair run.
-    start = torch.randn(block, d_model, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    basis = orthonormal_rows(start)
+    basis = random_orthonormal_rows(block, d_model, seed=seed, dtype=dtype)
     return MapState(
         iteration=0, bases=dict.fromkeys(range(n_pairs), basis), previous_top={}, values={},
         vectors={}, iterations=dict.fromkeys(range(n_pairs), 0),

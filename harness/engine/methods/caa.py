@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from harness.engine.layers import LayerSpec, resolve_layer_pair
+from harness.engine.methods.registry import register_method
 from harness.engine.methods.result import SteeringVectors
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import encode_prompts
@@ -81,3 +83,28 @@ def difference_of_means(
             "n_contrast": len(contrast),
         },
     )
+
+
+@register_method(
+    "caa",
+    label="difference of means (supervised)",
+    colour="C2",
+    supervised=True,
+    rank=2,
+    options_from=difference_of_means,
+)
+def _difference_of_means_for_contrast(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    source: LayerSpec,
+    target: LayerSpec,
+    num_vectors: int = 1,
+    *,
+    contrast: Sequence[str] | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> SteeringVectors:
+    """The common call; the supervised reference is one direction whatever ``num_vectors``."""
+    if contrast is None:
+        raise PowersteerError("method caa needs contrast prompts (contrast=...)")
+    return difference_of_means(lm, prompts, contrast, source, target, seed=seed, **options)

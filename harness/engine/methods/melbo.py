@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.engine.layers import LayerSpec, resolve_layer_pair
+from harness.engine.methods.registry import register_method
 from harness.engine.methods.result import SteeringVectors
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
@@ -25,6 +26,7 @@ from harness.errors import PowersteerError
 LR_PER_UNIT_RADIUS = 1e-3 / 4.0
 
 
+@register_method("melbo", label="MELBO", colour="C1", rank=1)
 def melbo(
     lm: LanguageModel,
     prompts: Sequence[str],
@@ -70,7 +72,7 @@ def melbo(
     if not radius > 0:
         raise PowersteerError(f"radius={radius} must be positive")
     learning_rate = lr if lr is not None else LR_PER_UNIT_RADIUS * radius
-    work_dtype = torch.float64 if lm.dtype == torch.float64 else torch.float32
+    work_dtype = lm.compute_dtype
 
     def objective(theta: torch.Tensor) -> torch.Tensor:
         steered = run_to_block(

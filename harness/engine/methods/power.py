@@ -16,13 +16,20 @@ from tqdm.auto import tqdm
 
 from harness.engine.jacobian import JvpMode, LayerJacobian
 from harness.engine.layers import LayerSpec
-from harness.engine.linalg import fix_signs, largest_principal_angle, orthonormal_rows
+from harness.engine.linalg import (
+    fix_signs,
+    largest_principal_angle,
+    orthonormal_rows,
+    random_orthonormal_rows,
+)
+from harness.engine.methods.registry import register_method
 from harness.engine.methods.result import SteeringVectors
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import TargetTokens
 from harness.errors import PowersteerError
 
 
+@register_method("power", label="Power Steering", colour="C0", rank=0)
 def power_steering(
     lm: LanguageModel,
     prompts: Sequence[str],
@@ -74,9 +81,7 @@ def power_steering(
         jvp_mode=jvp_mode,
         max_rows=max_rows,
     )
-    generator = torch.Generator().manual_seed(seed)
-    start = torch.randn(block, d_model, generator=generator, dtype=jacobian.dtype)
-    basis = orthonormal_rows(start).to(lm.device)
+    basis = random_orthonormal_rows(block, d_model, seed=seed, dtype=jacobian.dtype).to(lm.device)
 
     previous_top: torch.Tensor | None = None
     converged = False

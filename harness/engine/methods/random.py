@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 
 from harness.engine.layers import LayerSpec, resolve_layer_pair
 from harness.engine.linalg import orthonormal_rows
+from harness.engine.methods.registry import register_method
 from harness.engine.methods.result import SteeringVectors
 from harness.engine.models import LanguageModel
 from harness.errors import PowersteerError
@@ -37,3 +39,24 @@ def random_directions(
         seed=seed,
         wall_time_s=time.perf_counter() - started,
     )
+
+
+@register_method(
+    "random",
+    label="random directions",
+    colour="C7",
+    control=True,
+    rank=3,
+    options_from=random_directions,
+)
+def _random_for_prompts(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    source: LayerSpec,
+    target: LayerSpec,
+    num_vectors: int,
+    *,
+    seed: int = 0,
+) -> SteeringVectors:
+    """The common call: random directions do not look at the prompts."""
+    return random_directions(lm, source, target, num_vectors, seed=seed)

@@ -1,0 +1,110 @@
+"""The one registry of steering-vector methods.
+
+A method is one function decorated with :func:`register_method`, which records everything
+the rest of the harness needs to know about it: its name, whether it is supervised (needs
+contrast prompts and returns one direction), the label and colour reports use, and the
+options a behavior may set. Tables elsewhere (the CLI's choices, the behavior schema's
+option check, plot styles, report labels) are derived from :data:`METHODS`, so adding a
+method is one new file under ``harness/engine/methods/`` and one import line in its
+``__init__``.
+
+Every registered function is called the same way::
+
+    function(lm, prompts, source, target, num_vectors, *, seed=..., contrast=..., **options)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from harness.engine.methods.result import SteeringVectors
+from harness.errors import PowersteerError
+
+MethodFunction = Callable[..., SteeringVectors]
+
+# Arguments the harness itself passes to every method: not options a behavior may set.
+CALL_ARGUMENTS = frozenset(
+    {"lm", "prompts", "contrast", "source", "target", "num_vectors", "seed", "progress"}
+)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the harness knows about one registered method."""
+
+    name: str
+    function: MethodFunction
+    label: str
+    colour: str
+    supervised: bool
+    control: bool
+    """A control (random directions): compared against, not compared with other controls."""
+    rank: int
+    """Position in report tables and plots (lower first)."""
+    options: tuple[str, ...]
+    """Keyword options a behavior's ``steering.options.<name>`` may set, sorted."""
+    shows_progress: bool
+    """Whether the function takes ``progress=`` (a progress bar for long work)."""
+
+    def accepts(self, option: str) -> bool:
+        return option in self.options
+
+
+METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    label: str,
+    colour: str,
+    supervised: bool = False,
+    control: bool = False,
+    rank: int = 100,
+    options_from: MethodFunction | None = None,
+) -> Callable[[MethodFunction], MethodFunction]:
+    """Register the decorated function as method ``name``; returns it unchanged.
+
+    ``options_from`` names the public function whose keyword arguments are the method's
+    options, when the registered function is a thin adapter to the common call.
+    """
+
+    def decorate(function: MethodFunction) -> MethodFunction:
+        if name in METHODS:
+            raise PowersteerError(f"method {name!r} is registered twice")
+        parameters = inspect.signature(options_from or function).parameters
+        METHODS[name] = MethodInfo(
+            name=name,
+            function=function,
+            label=label,
+            colour=colour,
+            supervised=supervised,
+            control=control,
+            rank=rank,
+            options=tuple(sorted(p for p in parameters if p not in CALL_ARGUMENTS)),
+            shows_progress="progress" in parameters,
+        )
+        return function
+
+    return decorate
+
+
+def method_info(name: str) -> MethodInfo:
+    """The registered method ``name``, or one clear error listing the choices."""
+    if name not in METHODS:
+        raise PowersteerError(
+            f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}"
+        )
+    return METHODS[name]
+
+
+def ranked_methods() -> list[MethodInfo]:
+    """Every registered method in report order."""
+    return sorted(METHODS.values(), key=lambda info: (info.rank, info.name))
+
+
+def unsupervised_methods() -> list[str]:
+    """Names of the methods that need no contrast prompts, sorted."""
+    return sorted(name for name, info in METHODS.items() if not info.supervised)
