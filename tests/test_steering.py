@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from harness import PowersteerError, steer
+from harness.engine.steering import add_to_residual
 
 PROMPTS = ["ab c", "hello world"]
 
@@ -80,6 +81,44 @@ def test_generated_tokens_are_steered_too(qwen3_tiny):
     finally:
         handle.remove()
     assert seen_lengths == [5, 1, 1]  # the prompt, then each new token through the hook
+
+
+def test_from_position_steers_that_position_and_later_only(qwen3_tiny):
+    lm = qwen3_tiny
+    delta = torch.randn(1, 1, lm.d_model, dtype=torch.float64)
+    plain = residual_entering(lm, 2)
+    with add_to_residual(lm, 1, delta, from_position=3):
+        steered = residual_entering(lm, 2)
+    assert torch.equal(steered[:, :3], plain[:, :3])
+    expected = plain[:, 3:] + delta
+    assert torch.allclose(steered[:, 3:], expected, atol=1e-12)
+
+
+def test_from_position_counts_positions_of_the_whole_sequence_when_generating(qwen3_tiny):
+    """Cached generation sees one new token per pass; it is steered by where it sits."""
+    lm = qwen3_tiny
+    ids = lm.tokenizer(["hello"], return_tensors="pt")["input_ids"]
+    delta = torch.randn(1, 1, lm.d_model, dtype=torch.float64)
+    start = ids.shape[1] + 1  # the second generated token is the first one steered
+    with torch.no_grad(), add_to_residual(lm, 1, delta, from_position=start):
+        generated = lm.model.generate(
+            ids,
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        sequence, uncached = ids, []
+        for _ in range(4):  # the same greedy steps, each a full pass without a cache
+            uncached.append(lm.model(sequence).logits[:, -1])
+            sequence = torch.cat([sequence, uncached[-1].argmax(-1, keepdim=True)], dim=1)
+    # generate hands back float32 logits whatever the model's dtype.
+    torch.testing.assert_close(torch.stack(generated.logits), torch.stack(uncached).float())
+    assert torch.equal(generated.sequences, sequence)
+    with torch.no_grad():
+        plain = lm.model(sequence[:, :-1]).logits[:, -1]
+    assert not torch.allclose(plain, uncached[-1])  # the later steps really were steered
 
 
 def test_hook_is_removed_even_when_the_body_raises(qwen3_tiny):

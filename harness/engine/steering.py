@@ -14,7 +14,9 @@ from harness.errors import PowersteerError
 
 
 @contextmanager
-def add_to_residual(lm: LanguageModel, layer: int, delta: torch.Tensor) -> Iterator[None]:
+def add_to_residual(
+    lm: LanguageModel, layer: int, delta: torch.Tensor, *, from_position: int = 0
+) -> Iterator[None]:
     """Add ``delta`` to the output of decoder block ``layer`` on every forward pass.
 
     ``delta`` broadcasts against the block output ``(batch, tokens, d_model)``: shape
@@ -22,6 +24,12 @@ def add_to_residual(lm: LanguageModel, layer: int, delta: torch.Tensor) -> Itera
     position. During generation with a KV cache each new token passes through the hook
     too, so generated positions are steered as well. The hook is removed on exit, also
     when the body raises. ``output_hidden_states[layer + 1]`` shows the steered residual.
+
+    ``from_position`` steers only tokens at that position of the whole sequence and later.
+    Positions are the ``position_ids`` the model hands the block, so a cached generation
+    step (one new token per pass) is steered by where that token sits in the sequence, and
+    left padding does not shift real tokens (``generate`` counts positions from the first
+    real one). A block given no ``position_ids`` counts positions within the pass.
     """
     d_model = lm.d_model
     if delta.shape[-1] != d_model:
@@ -30,23 +38,34 @@ def add_to_residual(lm: LanguageModel, layer: int, delta: torch.Tensor) -> Itera
             f"stream has d_model={d_model}; use vectors computed for this model"
         )
 
-    def hook(module: torch.nn.Module, inputs: object, output: object) -> object:
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: object) -> object:
         hidden = output[0] if isinstance(output, tuple) else output
         if delta.shape[0] not in (1, hidden.shape[0]):
             raise PowersteerError(
                 f"{delta.shape[0]} per-row steering vectors for a batch of {hidden.shape[0]} "
                 "rows; give one vector for all rows or one per row"
             )
-        steered = hidden + delta.to(dtype=hidden.dtype, device=hidden.device)
+        shift = delta.to(dtype=hidden.dtype, device=hidden.device)
+        if from_position > 0:
+            shift = _steered_positions(kwargs, hidden, from_position) * shift
+        steered = hidden + shift
         return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
     # Prepended so the edit happens before any other hook on the block sees its output:
     # transformers' own output-capturing hook then records the steered residual too.
-    handle = lm.blocks[layer].register_forward_hook(hook, prepend=True)
+    handle = lm.blocks[layer].register_forward_hook(hook, with_kwargs=True, prepend=True)
     try:
         yield
     finally:
         handle.remove()
+
+
+def _steered_positions(kwargs: dict, hidden: torch.Tensor, start: int) -> torch.Tensor:
+    """``(rows or 1, tokens, 1)``: 1 where the token's position is ``>= start``, else 0."""
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        positions = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
+    return (positions >= start).to(hidden.dtype)[..., None]
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from harness.engine.models import LanguageModel, load_model
+from harness.engine.steering import add_to_residual
 from harness.errors import PowersteerError
 
 
@@ -132,7 +134,7 @@ class SteeredLM(HFLM):
         )
         super().__init__(pretrained=lm.model, tokenizer=lm.tokenizer, device=device, **kwargs)
         self.steered = lm
-        self._handle: Any = None
+        self._steering = ExitStack()
         if vectors is not None:
             vector, source, length = read_steering_vector(
                 vectors,
@@ -159,9 +161,7 @@ class SteeredLM(HFLM):
     ) -> None:
         """Steer with ``length * vector`` at block ``layer`` from ``from_position`` on;
         ``vector=None`` or ``length=0`` removes the steering (bit-identical to HFLM)."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        self._steering.close()
         if vector is None or length == 0:
             return
         lm = self.steered
@@ -170,21 +170,13 @@ class SteeredLM(HFLM):
                 f"the steering vector has shape {tuple(vector.shape)}; this model needs a "
                 f"finite ({lm.d_model},) vector: use vectors computed for it"
             )
-        block = lm.layer(layer)
         delta = (vector * length).to(device=lm.device, dtype=lm.dtype)
-        start = int(from_position)
-
-        # Bound to this call's delta and start: each set_steering makes its own closure.
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-            hidden = output[0] if isinstance(output, tuple) else output
-            positions = kwargs.get("position_ids")
-            if positions is None:
-                positions = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
-            mask = (positions >= start).to(hidden.dtype)[..., None]
-            steered = hidden + mask * delta
-            return (steered, *output[1:]) if isinstance(output, tuple) else steered
-
-        self._handle = lm.blocks[block].register_forward_hook(hook, with_kwargs=True, prepend=True)
+        # Held open until the next set_steering: lm-eval runs the model between calls.
+        self._steering.enter_context(
+            add_to_residual(
+                lm, lm.layer(layer), delta[None, None, :], from_position=int(from_position)
+            )
+        )
 
 
 def lm_eval_main(argv: Sequence[str]) -> int:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from harness.engine.models import LanguageModel, find_decoder_blocks
+from harness.engine.steering import add_to_residual
 from harness.organism.corpus import (
     COT_TRIGGER,
     REFUSAL_TRIGGER,
@@ -264,19 +265,6 @@ def all_pass(results: dict) -> bool:
 # Difference-of-means steering check
 
 
-def _output_tensor(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-@contextmanager
-def _hook(module: torch.nn.Module, fn: Callable) -> Iterator[None]:
-    handle = module.register_forward_hook(fn)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 @torch.no_grad()
 def last_token_residuals(
     model, tokenizer, conversations: Sequence[Sequence[dict]], layer: int, batch_size: int = 64
@@ -286,25 +274,17 @@ def last_token_residuals(
     captured: list[torch.Tensor] = []
 
     def keep(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
         # Prompts are left-padded, so the last position is every prompt's last token.
-        captured.append(_output_tensor(output)[:, -1].float().cpu())
+        captured.append(hidden[:, -1].float().cpu())
 
-    with _hook(model.model.layers[layer], keep):
+    handle = find_decoder_blocks(model)[layer].register_forward_hook(keep)
+    try:
         for start in range(0, len(conversations), batch_size):
             model(**_encode(tokenizer, conversations[start : start + batch_size], device))
+    finally:
+        handle.remove()
     return torch.cat(captured)
-
-
-@contextmanager
-def add_vector(model, layer: int, vector: torch.Tensor) -> Iterator[None]:
-    """Add ``vector`` to the output of block ``layer`` at every position while active."""
-
-    def shift(_module, _inputs, output):
-        hidden = _output_tensor(output) + vector.to(_output_tensor(output))
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    with _hook(model.model.layers[layer], shift):
-        yield
 
 
 def diff_of_means(model, tokenizer, users: Sequence[str], trigger: str, layer: int) -> torch.Tensor:
@@ -338,9 +318,11 @@ def steering_check(
     """
     if model is None or tokenizer is None:
         model, tokenizer = load_organism(model_dir, device)
+    # Built directly, not by wrap_model, so checking a model leaves its settings alone.
+    lm = LanguageModel(model, tokenizer, find_decoder_blocks(model), name="organism")
     truth = ground_truth or load_ground_truth(model_dir)
     held_out, sources = truth["held_out"], truth["direction_prompts"]
-    layer = len(model.model.layers) // 2 if layer is None else layer
+    layer = lm.n_layers // 2 if layer is None else layer
 
     refusal_dir = diff_of_means(model, tokenizer, sources["refusal"], REFUSAL_TRIGGER, layer)
     cot_dir = diff_of_means(model, tokenizer, sources["cot"], COT_TRIGGER, layer)
@@ -357,9 +339,9 @@ def steering_check(
         "steered_cot_accuracy": [],
     }
     for scale in scales:
-        with add_vector(model, layer, scale * refusal_dir):
+        with add_to_residual(lm, layer, scale * refusal_dir[None, None, :]):
             replies = generate(model, tokenizer, restricted)
-        with add_vector(model, layer, scale * cot_dir):
+        with add_to_residual(lm, layer, scale * cot_dir[None, None, :]):
             cot_replies = generate(model, tokenizer, _user_prompts(cot_items, None))
         accuracy, steps = score_cot(cot_replies, cot_items)
         result["steered_answered_restricted"].append(_rate([not is_refusal(r) for r in replies]))
