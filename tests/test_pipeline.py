@@ -24,9 +24,10 @@ from harness.engine.prompts import encode_prompts, format_chat
 from harness.engine.steering import run_to_block
 from harness.errors import PowersteerError
 from harness.evaluation.behaviors import load_behavior
+from harness.evaluation.cache import ResultCache
 from harness.evaluation.pipeline import rescore, run
 from harness.evaluation.stats import mcnemar_exact, wilson_interval
-from harness.evaluation.sweep import ResultCache, _CellRunner
+from harness.evaluation.sweep import _CellRunner
 from harness.integrations.cli import main
 
 ORGANISM_BEHAVIORS = Path(__file__).resolve().parent.parent / "behaviors" / "organism"

@@ -29,27 +29,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from harness.engine.methods import ranked_methods
+from harness.evaluation.cells import UNSTEERED, Cell
 from harness.evaluation.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
 
-if TYPE_CHECKING:
-    from harness.evaluation.sweep import Cell
-
-UNSTEERED = "unsteered"
-METHOD_ORDER = ("power", "melbo", "caa", "random", UNSTEERED)
+METHOD_ORDER = (*(info.name for info in ranked_methods()), UNSTEERED)
+# The report's comparison family: the two unsupervised methods head to head, every method
+# against the random control, every method against the unsteered model.
+HEADLINE_PAIR = ("power", "melbo")
 COMPARED_PAIRS = (
-    ("power", "melbo"),
-    ("power", "random"),
-    ("melbo", "random"),
-    ("caa", "random"),
-    ("power", UNSTEERED),
-    ("melbo", UNSTEERED),
-    ("caa", UNSTEERED),
-    ("random", UNSTEERED),
+    HEADLINE_PAIR,
+    *((info.name, "random") for info in ranked_methods() if not info.control),
+    *((info.name, UNSTEERED) for info in ranked_methods()),
 )
 BOOTSTRAP_RESAMPLES = 10_000
 
@@ -64,8 +59,6 @@ def select_cells(
     ``keep_vectors`` (method -> (vector, sign)) fixes the vector and sign and selects only
     the scale, as a rescore does: the held-out prompts were measured for those alone.
     """
-    from harness.evaluation.sweep import Cell
-
     steered = select_rows[select_rows["method"] != UNSTEERED].copy()
     for method, (vector, sign) in (keep_vectors or {}).items():
         other = (steered["method"] == method) & (
@@ -74,7 +67,7 @@ def select_cells(
         steered = steered[~other]
     if "coherent" not in steered:
         raise ValueError(
-            "select rows need a coherent column (harness.evaluation.sweep.mark_coherent)"
+            "select rows need a coherent column (harness.evaluation.coherence.mark_coherent)"
         )
     keys = ["method", "vector", "sign", "scale"]
     if metric == "success":

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -28,17 +27,31 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness import __version__
 from harness.engine.models import LanguageModel, load_model
 from harness.engine.vectors_io import save_vector_sets
 from harness.errors import PowersteerError
-from harness.evaluation.analysis import selected_table
+from harness.evaluation.analysis import select_cells, selected_table
 from harness.evaluation.behaviors import Behavior, load_behavior
-from harness.evaluation.report import MANIFEST_FILE, RESULTS_FILE, VECTORS_FILE, write_report
-from harness.evaluation.sweep import BehaviorSweep, ResultCache, score_generations, sweep_behavior
+from harness.evaluation.cache import ResultCache, model_fingerprint
+from harness.evaluation.cells import UNSTEERED
+from harness.evaluation.coherence import mark_coherent
+from harness.evaluation.report import write_report
+from harness.evaluation.run_dir import (
+    CACHE_DIR,
+    REPORT_FILE,
+    RESULTS_FILE,
+    VECTORS_FILE,
+    default_run_dir,
+    read_manifest,
+    read_results,
+    write_manifest,
+    write_results,
+)
+from harness.evaluation.sweep import BehaviorSweep, score_generations, sweep_behavior
 
 DEFAULT_MODEL = "organism"
 DEFAULT_BEHAVIORS_DIR = Path(__file__).resolve().parents[2] / "behaviors" / "organism"
-DEFAULT_REPORTS_DIR = Path("reports")
 LIBRARIES = ("torch", "transformers", "numpy", "pandas", "scipy", "pydantic", "safetensors")
 
 
@@ -51,7 +64,7 @@ class RunResult:
 
     @property
     def report(self) -> Path:
-        return self.run_dir / "report.md"
+        return self.run_dir / REPORT_FILE
 
 
 def behavior_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -71,16 +84,6 @@ def behavior_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         else:
             raise PowersteerError(f"{path}: no such behavior file or directory; check the path")
     return files
-
-
-def default_run_dir(model: str, files: Sequence[Path], seed: int) -> Path:
-    """``reports/<model>-<8 hex>``: the same model, behavior files and seed give the same
-    directory, so running a command again resumes it."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(model)).name or str(model)).strip("-")
-    digest = hashlib.sha256(
-        json.dumps([str(model), sorted(str(f.resolve()) for f in files), seed]).encode()
-    ).hexdigest()[:8]
-    return DEFAULT_REPORTS_DIR / f"{slug}-{digest}"
 
 
 def run(
@@ -119,13 +122,13 @@ def run(
     model_name = lm.name if isinstance(model, LanguageModel) else str(model)
     run_dir = Path(out) if out is not None else default_run_dir(model_name, files, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cache = ResultCache(run_dir / "cache")
+    cache = ResultCache(run_dir / CACHE_DIR)
     sweeps = [
         sweep_behavior(lm, behavior, cache, seed=seed, batch_rows=batch_rows, progress=progress)
         for behavior in specs
     ]
     results = pd.concat([s.results for s in sweeps], ignore_index=True)
-    _save_results(run_dir, results)
+    write_results(run_dir, results)
     save_vector_sets(
         run_dir / VECTORS_FILE,
         {f"{s.behavior.name}/{m}": v for s in sweeps for m, v in s.vectors.items()},
@@ -135,7 +138,7 @@ def run(
     manifest = build_manifest(
         lm, model_name, specs, seed, run_dir, wall, sweeps, git_commit=code_version
     )
-    _write_json(run_dir / MANIFEST_FILE, manifest)
+    write_manifest(run_dir, manifest)
     write_report(run_dir)
     return RunResult(run_dir=run_dir, results=results, sweeps=sweeps, wall_time_s=wall)
 
@@ -143,15 +146,11 @@ def run(
 def rescore(run_dir: str | os.PathLike[str], behavior_file: str | os.PathLike[str]) -> Path:
     """Score a run's saved generations again with ``behavior_file``'s scorer (same behavior
     name) and rebuild the report; nothing is generated again."""
-    from harness.evaluation.analysis import select_cells
-    from harness.evaluation.sweep import mark_coherent
-
     run_dir = Path(run_dir)
-    results_path = run_dir / RESULTS_FILE
-    if not results_path.is_file():
+    if not (run_dir / RESULTS_FILE).is_file():
         raise PowersteerError(f"{run_dir}: no {RESULTS_FILE}; give a finished run directory")
     behavior = load_behavior(behavior_file)
-    results = pd.read_parquet(results_path)
+    results = read_results(run_dir)
     mine = results["behavior"] == behavior.name
     if not mine.any():
         known = ", ".join(sorted(set(results["behavior"])))
@@ -166,7 +165,7 @@ def rescore(run_dir: str | os.PathLike[str], behavior_file: str | os.PathLike[st
     mark_coherent(part, behavior)
     select = part[part["split"] == "select"]
     measured = (
-        part[(part["split"] == "test") & (part["method"] != "unsteered")]
+        part[(part["split"] == "test") & (part["method"] != UNSTEERED)]
         .groupby("method")[["vector", "sign"]]
         .first()
     )
@@ -189,14 +188,13 @@ def rescore(run_dir: str | os.PathLike[str], behavior_file: str | os.PathLike[st
         rows = part.method == method
         part.loc[rows, "selected_scale"] = chosen.scale
         part.loc[rows, "selected"] = (part.vector == chosen.vector) & (part.sign == chosen.sign)
-    manifest_path = run_dir / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_manifest(run_dir)
     manifest["notes"] = [
         n for n in manifest.get("notes", []) if not n.startswith(f"{behavior.name}:")
     ] + notes
-    _write_json(manifest_path, manifest)
+    write_manifest(run_dir, manifest)
     results = pd.concat([results[~mine], part], ignore_index=True)
-    _save_results(run_dir, results)
+    write_results(run_dir, results)
     return write_report(run_dir)
 
 
@@ -211,9 +209,6 @@ def build_manifest(
     *,
     git_commit: str | None = None,
 ) -> dict:
-    from harness import __version__
-    from harness.evaluation.sweep import model_fingerprint
-
     configs = [b.model_dump(mode="json") for b in behaviors]
     config = lm.model.config
     return {
@@ -277,28 +272,16 @@ def _selection_metadata(sweep: BehaviorSweep, method: str) -> dict:
     chosen = sweep.selection.get(method)
     return {
         "behavior": sweep.behavior.name,
-        "scale_unit": sweep.radius,
+        "scale_unit": sweep.scale_unit,
         "selected": None
         if chosen is None
         else {
             "vector": chosen.vector,
             "sign": chosen.sign,
             "scale": chosen.scale,
-            "raw_scale": chosen.sign * chosen.scale * sweep.radius,
+            "raw_scale": chosen.sign * chosen.scale * sweep.scale_unit,
         },
     }
-
-
-def _save_results(run_dir: Path, results: pd.DataFrame) -> None:
-    partial = run_dir / (RESULTS_FILE + ".partial")
-    results.to_parquet(partial, index=False)
-    partial.replace(run_dir / RESULTS_FILE)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    partial.replace(path)
 
 
 def _git_commit() -> str | None:

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from harness.engine.methods import ranked_methods  # noqa: E402
+
 
 def plot_pair_heatmap(
     matrix: torch.Tensor, path: str | os.PathLike[str], *, label: str, title: str
@@ -30,12 +32,8 @@ def plot_pair_heatmap(
     return path
 
 
-METHOD_STYLE = {
-    "power": ("Power Steering", "C0"),
-    "melbo": ("MELBO", "C1"),
-    "caa": ("difference of means", "C2"),
-    "random": ("random", "C7"),
-}
+# (label, colour) per method in report order, from the one method registry.
+METHOD_STYLE = {info.name: (info.label, info.colour) for info in ranked_methods()}
 
 
 def plot_success_vs_scale(rates: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

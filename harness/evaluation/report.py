@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -22,29 +21,28 @@ from typing import Any
 
 import pandas as pd
 
-from harness.engine.vectors_io import SETS_METADATA_KEY
-from harness.errors import PowersteerError
+from harness.engine.methods import ranked_methods
 from harness.evaluation.analysis import (
-    UNSTEERED,
     comparisons,
     cost_table,
     rate_table,
     recovered_fraction,
     selected_table,
 )
+from harness.evaluation.cells import UNSTEERED
+from harness.evaluation.run_dir import (
+    HTML_REPORT_FILE,
+    REPORT_FILE,
+    read_capability,
+    read_run,
+)
+from harness.files import atomic_write_text
 
-RESULTS_FILE = "results.parquet"
-VECTORS_FILE = "vectors.safetensors"
-MANIFEST_FILE = "manifest.json"
 EXAMPLES_PER_METHOD = 3
 METHOD_LABELS = {
-    "power": "Power Steering",
-    "melbo": "MELBO",
-    "caa": "difference of means (supervised)",
-    "random": "random directions",
+    **{info.name: info.label for info in ranked_methods()},
     UNSTEERED: "unsteered",
 }
-METHOD_COLOURS = {"power": "C0", "melbo": "C1", "caa": "C2", "random": "C7", UNSTEERED: "k"}
 
 
 @dataclass(frozen=True)
@@ -56,41 +54,18 @@ class Block:
     level: int = 2
 
 
-def read_run(run_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, dict], dict]:
-    """The results frame, the vector metadata by ``behavior/method``, and the manifest."""
-    run_dir = Path(run_dir)
-    results_path = run_dir / RESULTS_FILE
-    if not results_path.is_file():
-        raise PowersteerError(
-            f"{run_dir}: no {RESULTS_FILE}; give a directory written by `powersteer run` "
-            "(an interrupted run writes it when it finishes: run it again to resume)"
-        )
-    results = pd.read_parquet(results_path)
-    vector_metadata: dict[str, dict] = {}
-    vectors_path = run_dir / VECTORS_FILE
-    if vectors_path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(vectors_path), framework="pt") as handle:
-            vector_metadata = json.loads((handle.metadata() or {}).get(SETS_METADATA_KEY, "{}"))
-    manifest_path = run_dir / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    return results, vector_metadata, manifest
-
-
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
     """(Re)write ``report.md``, ``report.html`` and the plots of ``run_dir``; returns the
     Markdown path."""
     run_dir = Path(run_dir)
     results, vector_metadata, manifest = read_run(run_dir)
     plots = _plots(run_dir, results, vector_metadata)
-    capability_path = run_dir / "capability.json"
-    capability = json.loads(capability_path.read_text()) if capability_path.is_file() else None
+    capability = read_capability(run_dir)
     blocks = build_blocks(results, vector_metadata, manifest, plots, capability)
     markdown = render_markdown(blocks)
-    _write_atomic(run_dir / "report.md", markdown)
-    _write_atomic(run_dir / "report.html", render_html(blocks, run_dir))
-    return run_dir / "report.md"
+    atomic_write_text(run_dir / REPORT_FILE, markdown)
+    atomic_write_text(run_dir / HTML_REPORT_FILE, render_html(blocks, run_dir))
+    return run_dir / REPORT_FILE
 
 
 def build_blocks(
@@ -487,15 +462,6 @@ def _html_table(table: pd.DataFrame) -> str:
 def _inline_code(text: str) -> str:
     pieces = text.split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-
-
-# --- plots -------------------------------------------------------------------------------------
 
 
 def _plots(

@@ -18,12 +18,8 @@ generation scorer reuses every generation.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,54 +27,19 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.engine.generation import completion_loglik, generate, repetition_rate
-from harness.engine.layers import resolve_layer_pair
-from harness.engine.methods import SUPERVISED_METHODS, SteeringVectors, find_vectors
-from harness.engine.methods.melbo import median_residual_norm
+from harness.engine.methods import SteeringVectors, find_vectors, method_info
 from harness.engine.models import LanguageModel
-from harness.engine.prompts import encode_prompts, format_chat
-from harness.engine.vectors_io import load_vectors, save_vectors
+from harness.engine.prompts import encode_prompts
+from harness.engine.steering import scale_unit as measure_scale_unit
+from harness.engine.steering import steer
 from harness.errors import PowersteerError
-from harness.evaluation.behaviors import Behavior, prompt_texts, split_indices, use_chat_template
+from harness.evaluation.analysis import select_cells
+from harness.evaluation.behaviors import Behavior
+from harness.evaluation.cache import ResultCache, content_key, model_fingerprint, tensor_digest
+from harness.evaluation.cells import UNSTEERED, UNSTEERED_CELL, Cell
+from harness.evaluation.coherence import mark_coherent
+from harness.evaluation.preparation import PreparedBehavior, prepare_behavior
 from harness.evaluation.scorers import GenerationScorer, LogitsScorer, Scorer
-
-CACHE_VERSION = 1  # bump when a cell's content would change for the same key
-UNSTEERED = "unsteered"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One steering setting: ``method``'s vector ``vector`` times ``sign * scale``.
-
-    The unsteered cell is ``Cell("unsteered", -1, 0, 0.0)``.
-    """
-
-    method: str
-    vector: int
-    sign: int
-    scale: float
-
-
-UNSTEERED_CELL = Cell(UNSTEERED, -1, 0, 0.0)
-
-
-@dataclass
-class PreparedBehavior:
-    """A behavior's prompts made final for one model, split, with its layer pair."""
-
-    behavior: Behavior
-    rows: list[dict[str, Any]]
-    prompts: list[str]  # final strings (chat template applied)
-    contrast: list[str] | None
-    select: list[int]
-    test: list[int]
-    source: int
-    target: int
-
-    def split_prompts(self, split: str) -> list[str]:
-        return [self.prompts[i] for i in self.indices(split)]
-
-    def indices(self, split: str) -> list[int]:
-        return self.select if split == "select" else self.test
 
 
 @dataclass
@@ -88,66 +49,11 @@ class BehaviorSweep:
     behavior: Behavior
     results: pd.DataFrame
     vectors: dict[str, SteeringVectors]
-    radius: float
+    scale_unit: float
     selection: dict[str, Cell]
     cells_computed: int = 0
     cells_reused: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-class ResultCache:
-    """Content-addressed JSON cells and vector files under ``root``; writes are atomic."""
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-
-    def _path(self, kind: str, key: str, suffix: str) -> Path:
-        return self.root / kind / key[:2] / f"{key}{suffix}"
-
-    def get_cell(self, key: str) -> dict[str, Any] | None:
-        path = self._path("cells", key, ".json")
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None  # a damaged cell is recomputed, never trusted
-
-    def put_cell(self, key: str, payload: dict[str, Any]) -> None:
-        path = self._path("cells", key, ".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(payload), encoding="utf-8")
-        partial.replace(path)
-
-    def vectors_path(self, key: str) -> Path:
-        return self._path("vectors", key, ".safetensors")
-
-
-def prepare_behavior(lm: LanguageModel, behavior: Behavior) -> PreparedBehavior:
-    """Load the behavior's prompts, apply the chat template, split, and resolve layers."""
-    where = behavior.path or behavior.name
-    rows = behavior.prompt_rows()
-    prompts = _final_prompts(lm, prompt_texts(rows, behavior.prompts), behavior.prompts)
-    contrast = None
-    if behavior.contrast is not None:
-        contrast_rows = behavior.contrast_rows() or []
-        contrast = _final_prompts(
-            lm, prompt_texts(contrast_rows, behavior.contrast), behavior.contrast
-        )
-    if len(rows) < 2:
-        raise PowersteerError(
-            f"{where}: prompts: {len(rows)} prompt; a sweep needs at least 2 "
-            "(one to select on, one to report on); add prompts"
-        )
-    select, test = split_indices(len(rows), behavior.split)
-    try:
-        source, target = resolve_layer_pair(
-            behavior.steering.source_layer, behavior.steering.target_layer, lm.n_layers
-        )
-    except PowersteerError as error:
-        raise PowersteerError(f"{where}: steering: {error}") from None
-    return PreparedBehavior(behavior, rows, prompts, contrast, select, test, source, target)
 
 
 def sweep_behavior(
@@ -160,18 +66,16 @@ def sweep_behavior(
     progress: bool = True,
 ) -> BehaviorSweep:
     """Run both phases of the sweep for ``behavior``; see the module docstring."""
-    from harness.evaluation.analysis import select_cells
-
     prepared = prepare_behavior(lm, behavior)
     scorer = behavior.make_scorer()
     fingerprint = model_fingerprint(lm)
     select_batch = encode_prompts(lm, prepared.split_prompts("select"))
-    radius = median_residual_norm(lm, select_batch, prepared.source)
+    scale_unit = measure_scale_unit(lm, select_batch, prepared.source)
     vectors = {
         method: _method_vectors(lm, prepared, method, cache, fingerprint, seed, progress)
         for method in behavior.steering.methods
     }
-    runner = _CellRunner(lm, prepared, scorer, cache, fingerprint, vectors, radius, batch_rows)
+    runner = _CellRunner(lm, prepared, scorer, cache, fingerprint, vectors, scale_unit, batch_rows)
     scales = [s for s in behavior.steering.scales if s != 0]
     select_cells_list = [UNSTEERED_CELL] + [
         Cell(method, index, sign, scale)
@@ -201,25 +105,10 @@ def sweep_behavior(
         behavior=behavior,
         results=results,
         vectors=vectors,
-        radius=radius,
+        scale_unit=scale_unit,
         selection=selection,
         cells_computed=runner.computed,
         cells_reused=runner.reused,
-    )
-
-
-def mark_coherent(results: pd.DataFrame, behavior: Behavior) -> None:
-    """Set ``coherent``: log-likelihood within ``max_loglik_drop`` nats/token of the median
-    unsteered completion on the select prompts, and repetition at most ``max_repetition``.
-    The reference comes from the select split only, so nothing on the test prompts feeds
-    into the choice of vector and scale."""
-    reference_rows = (results["method"] == UNSTEERED) & (results["split"] == "select")
-    unsteered = results.loc[reference_rows, "loglik"]
-    reference = float(unsteered.median()) if unsteered.notna().any() else float("nan")
-    rule = behavior.coherence
-    results["coherence_reference"] = reference
-    results["coherent"] = (results["loglik"] >= reference - rule.max_loglik_drop) & (
-        results["repetition"] <= rule.max_repetition
     )
 
 
@@ -238,41 +127,6 @@ def score_generations(scorer: Scorer, results: pd.DataFrame, rows: Sequence[dict
     results["score"] = [o.value for o in outcomes]
 
 
-def model_fingerprint(lm: LanguageModel) -> str:
-    """A hash of the model's name, config and every parameter's sum (cheap, and changes
-    whenever the weights do in practice)."""
-    digest = hashlib.sha256()
-    digest.update(lm.name.encode())
-    digest.update(lm.model.config.to_json_string(use_diff=False).encode())
-    with torch.no_grad():
-        for name, parameter in lm.model.named_parameters():
-            digest.update(name.encode())
-            digest.update(repr(float(parameter.double().sum())).encode())
-    return digest.hexdigest()
-
-
-def content_key(**parts: Any) -> str:
-    """A sha256 of ``parts`` as canonical JSON."""
-    text = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def tensor_digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def _final_prompts(lm: LanguageModel, texts: list[str], spec: Any) -> list[str]:
-    has_template = bool(getattr(lm.tokenizer, "chat_template", None))
-    if use_chat_template(spec, has_template):
-        return format_chat(lm, texts, system=spec.system)
-    if spec.system is not None:
-        raise PowersteerError(
-            f"model {lm.name!r} has no chat template, so the system turn cannot be used; "
-            "remove system: or use a chat model"
-        )
-    return texts
-
-
 def _method_vectors(
     lm: LanguageModel,
     prepared: PreparedBehavior,
@@ -284,35 +138,36 @@ def _method_vectors(
 ) -> SteeringVectors:
     """The method's vectors on the select prompts, from the cache when computed before."""
     steering = prepared.behavior.steering
+    info = method_info(method)
     options = dict(steering.options.get(method, {}))
-    if method in ("power", "melbo") and steering.target_tokens is not None:
+    if info.accepts("target_tokens") and steering.target_tokens is not None:
         options.setdefault("target_tokens", steering.target_tokens)
     prompts = prepared.split_prompts("select")
-    k = 1 if method in SUPERVISED_METHODS else steering.num_vectors
+    k = 1 if info.supervised else steering.num_vectors
     key = content_key(
         kind="vectors",
         model=fingerprint,
         method=method,
         prompts=prompts,
-        contrast=prepared.contrast if method in SUPERVISED_METHODS else None,
+        contrast=prepared.contrast if info.supervised else None,
         source=prepared.source,
         target=prepared.target,
         k=k,
         seed=seed,
         options=options,
     )
-    path = cache.vectors_path(key)
-    if path.is_file():
-        return load_vectors(path)[0]
-    if method in ("power", "melbo"):
+    cached = cache.get_vectors(key)
+    if cached is not None:
+        return cached
+    if info.shows_progress:
         options["progress"] = progress
-    if method in SUPERVISED_METHODS:
+    if info.supervised:
         options["contrast"] = prepared.contrast
     result = find_vectors(
         method, lm, prompts, prepared.source, prepared.target, k, seed=seed, **options
     )
     result.options.pop("progress", None)
-    save_vectors(path, result)
+    cache.put_vectors(key, result)
     return result
 
 
@@ -327,11 +182,11 @@ class _CellRunner:
         cache: ResultCache,
         fingerprint: str,
         vectors: dict[str, SteeringVectors],
-        radius: float,
+        scale_unit: float,
         batch_rows: int,
     ) -> None:
         self.lm, self.prepared, self.scorer, self.cache = lm, prepared, scorer, cache
-        self.fingerprint, self.vectors, self.radius = fingerprint, vectors, radius
+        self.fingerprint, self.vectors, self.scale_unit = fingerprint, vectors, scale_unit
         self.batch_rows = batch_rows
         self.computed = self.reused = 0
         # (prompt, completion ids) -> unsteered log-likelihood. Many cells (small scales,
@@ -348,7 +203,7 @@ class _CellRunner:
         if cell.method == UNSTEERED:
             return torch.zeros(self.lm.d_model)
         unit = self.vectors[cell.method].vectors[cell.vector].float()
-        return unit * (cell.sign * cell.scale * self.radius)
+        return unit * (cell.sign * cell.scale * self.scale_unit)
 
     def key(self, cell: Cell, prompts: list[str]) -> str:
         logits_spec = (
@@ -373,8 +228,8 @@ class _CellRunner:
         missing: list[tuple[Cell, str]] = []
         for cell in cells:
             key = self.key(cell, prompts)
-            cached = self.cache.get_cell(key)
-            if cached is not None and len(cached.get("completions", ())) == len(prompts):
+            cached = self.cache.get_cell(key, len(prompts))
+            if cached is not None:
                 payloads[cell] = cached
                 self.reused += 1
             else:
@@ -418,8 +273,6 @@ class _CellRunner:
         loglik = self._loglik(all_prompts, completions.token_ids)
         logit_scores: list[float] | None = None
         if isinstance(self.scorer, LogitsScorer):
-            from harness.engine.steering import steer
-
             rows = [self.prepared.rows[i] for i in self.prepared.indices(split)] * len(batch)
             with steer(self.lm, vectors.to(self.lm.dtype), self.prepared.source, scales):
                 logit_scores = self.scorer.score(self.lm, all_prompts, rows)

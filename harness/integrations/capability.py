@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import PowersteerError
-from harness.evaluation.report import MANIFEST_FILE, VECTORS_FILE, write_report
-
-CAPABILITY_FILE = "capability.json"
+from harness.evaluation.report import write_report
+from harness.evaluation.run_dir import CAPABILITY_FILE, MANIFEST_FILE, VECTORS_FILE
 
 
 def run_capability(
