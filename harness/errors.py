@@ -9,3 +9,8 @@ class PowersteerError(ValueError):
     The CLI prints the message alone, without a traceback. Messages say what is wrong,
     where (file, key, argument) and how to fix it.
     """
+
+
+class PowersteerWarning(UserWarning):
+    """Something was not as expected and powersteer recovered (a damaged cache file
+    recomputed, a bad checkpoint discarded). The CLI prints each as one line."""

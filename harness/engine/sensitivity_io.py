@@ -1,23 +1,31 @@
-"""Save, load and resume sensitivity maps (safetensors + parquet + a resumable state)."""
+"""Save, load and resume sensitivity maps (safetensors + parquet + a resumable state).
+
+``map.safetensors`` is written last, so its presence means the map is finished; every file
+carries a checksum (:mod:`harness.engine.safetensors_io`) and a state is checked (finite,
+orthonormal bases, the same settings) before a map resumes from it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
+from harness.engine.safetensors_io import DamagedFile, read_checked, read_header, write_checked
 from harness.engine.sensitivity import MapState, SensitivityMap
-from harness.errors import PowersteerError
+from harness.errors import PowersteerError, PowersteerWarning
+from harness.files import atomic_write
 
 MAP_FILE = "map.safetensors"
 TABLE_FILE = "map.parquet"
 STATE_FILE = "state.safetensors"
 KL_FILE = "map_kl.parquet"
+ORTHONORMAL_TOLERANCE = 1e-4  # a QR basis in float32 is orthonormal to ~1e-6
 
 
 def save_map(out_dir: str | os.PathLike[str], result: SensitivityMap, **metadata: Any) -> Path:
@@ -40,20 +48,30 @@ def save_map(out_dir: str | os.PathLike[str], result: SensitivityMap, **metadata
         "singular_values": result.singular_values.contiguous(),
         "vectors": result.vectors.contiguous(),
     }
-    _atomic_save(tensors, {"powersteer_map": json.dumps(header)}, out / MAP_FILE)
-    table = result.to_frame()
-    partial = out / (TABLE_FILE + ".partial")
-    table.to_parquet(partial, index=False)
-    partial.replace(out / TABLE_FILE)
+    _write_table(out, result)
+    # Last: its presence is what marks the map finished.
+    write_checked(out / MAP_FILE, tensors, {"powersteer_map": json.dumps(header)})
     return out
+
+
+def _write_table(out: Path, result: SensitivityMap) -> None:
+    table = result.to_frame()
+    atomic_write(out / TABLE_FILE, lambda path: table.to_parquet(path, index=False))
 
 
 def load_map(out_dir: str | os.PathLike[str]) -> SensitivityMap:
     path = Path(out_dir) / MAP_FILE
     if not path.exists():
         raise PowersteerError(f"{path} does not exist; run `powersteer map ... --out {out_dir}`")
-    tensors = load_file(str(path))
-    header = json.loads(_metadata(path)["powersteer_map"])
+    tensors, metadata = read_checked(path)
+    try:
+        header = json.loads(metadata["powersteer_map"])
+        return _map_from(tensors, header)
+    except (KeyError, TypeError, ValueError) as error:
+        raise DamagedFile(f"{path}: its map metadata is incomplete ({error}); map again") from None
+
+
+def _map_from(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> SensitivityMap:
     return SensitivityMap(
         pairs=[tuple(pair) for pair in tensors["pairs"].tolist()],
         singular_values=tensors["singular_values"],
@@ -69,43 +87,101 @@ def load_map(out_dir: str | os.PathLike[str]) -> SensitivityMap:
 
 
 def finished_map(out_dir: str | os.PathLike[str], config: dict[str, Any]) -> SensitivityMap | None:
-    """The map saved in ``out_dir`` if it was computed with exactly ``config``, else None."""
-    path = Path(out_dir) / MAP_FILE
-    if not path.exists():
+    """The map saved in ``out_dir`` if it was computed with exactly ``config``, else None.
+
+    A finished map whose table is missing (killed between the two files) gets its table
+    written again from the map; a damaged map file is reported and left for recomputing.
+    """
+    out = Path(out_dir)
+    if _saved_config(out) != _canonical(config):
         return None
-    header = json.loads(_metadata(path)["powersteer_map"])
-    if header.get("config") != json.loads(json.dumps(config, sort_keys=True)):
+    try:
+        result = load_map(out)
+    except DamagedFile as error:
+        warnings.warn(f"{error}; computing the map again", PowersteerWarning, stacklevel=2)
         return None
-    return load_map(out_dir)
+    if not (out / TABLE_FILE).is_file():
+        _write_table(out, result)
+    return result
+
+
+def map_directory(out_dir: str | os.PathLike[str], config: dict[str, Any]) -> Path:
+    """Where a map with ``config`` belongs: ``out_dir``, unless it already holds a finished
+    map with other settings, which is kept; then ``out_dir/settings-<hash of config>``."""
+    out = Path(out_dir)
+    saved = _saved_config(out)
+    if saved is None or saved == _canonical(config):
+        return out
+    digest = hashlib.sha256(json.dumps(_canonical(config), sort_keys=True).encode()).hexdigest()
+    return out / f"settings-{digest[:8]}"
+
+
+def _saved_config(out: Path) -> Any:
+    """The config of the finished map in ``out`` (None without one or unreadable)."""
+    path = out / MAP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(read_header(path)["powersteer_map"]).get("config")
+    except (DamagedFile, KeyError, ValueError, AttributeError):
+        return None
+
+
+def _canonical(config: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(config, sort_keys=True))
 
 
 def save_state(path: str | os.PathLike[str], state: MapState, config: dict[str, Any]) -> None:
     """Checkpoint ``state`` with the run's ``config`` (to refuse resuming a different run)."""
     metadata = {"config": json.dumps(config, sort_keys=True),
                 "scalars": json.dumps(state.scalars())}  # fmt: skip
-    _atomic_save(state.tensors(), metadata, Path(path))
+    write_checked(Path(path), state.tensors(), metadata)
 
 
 def load_state(path: str | os.PathLike[str], config: dict[str, Any]) -> MapState | None:
-    """The saved state if ``path`` exists, after checking it belongs to the same run."""
+    """The saved state if ``path`` exists, after checking it belongs to the same run and is
+    sound (checksum, finite tensors, orthonormal bases); a state that is not is discarded
+    with a warning, and the map starts afresh."""
     path = Path(path)
     if not path.exists():
         return None
-    metadata = _metadata(path)
-    if json.loads(metadata["config"]) != json.loads(json.dumps(config, sort_keys=True)):
+    try:
+        tensors, metadata = read_checked(path)
+        saved_config = json.loads(metadata["config"])
+    except (DamagedFile, KeyError, ValueError) as error:
+        return _discard(path, str(error))
+    if saved_config != _canonical(config):
         raise PowersteerError(
             f"{path} holds an unfinished map with different settings; resume it with the "
             "same arguments, or choose another --out (or delete the file) to start afresh"
         )
-    return MapState.restore(load_file(str(path)), json.loads(metadata["scalars"]))
+    try:
+        state = MapState.restore(tensors, json.loads(metadata["scalars"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        return _discard(path, f"its progress record is incomplete ({error})")
+    problem = _state_problem(state)
+    return _discard(path, problem) if problem else state
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata() or {}
+def _state_problem(state: MapState) -> str | None:
+    """Why ``state`` cannot be resumed from, or None when it is sound."""
+    for kind in ("bases", "previous_top", "values", "vectors"):
+        for index, tensor in getattr(state, kind).items():
+            if not bool(torch.isfinite(tensor).all()):
+                return f"{kind} of pair {index} holds NaN or infinity"
+    for index, basis in state.bases.items():
+        gram = basis.double() @ basis.double().T
+        error = float((gram - torch.eye(len(gram), dtype=gram.dtype)).abs().max())
+        if error > ORTHONORMAL_TOLERANCE:
+            return f"the basis of pair {index} is not orthonormal (off by {error:.2g})"
+    return None
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    partial.replace(path)
+def _discard(path: Path, reason: str) -> None:
+    warnings.warn(
+        f"{path}: cannot resume from it ({reason}); starting the map afresh",
+        PowersteerWarning,
+        stacklevel=3,
+    )
+    path.unlink(missing_ok=True)
+    return None

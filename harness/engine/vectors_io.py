@@ -1,4 +1,9 @@
-"""Save and load steering vectors as safetensors with their metadata."""
+"""Save and load steering vectors as safetensors with their metadata.
+
+Files carry a checksum of their tensors (:mod:`harness.engine.safetensors_io`) and are
+checked on load: the checksum, finite values, and unit rows (every method returns unit
+directions; a file whose rows are not unit was changed after it was written).
+"""
 
 from __future__ import annotations
 
@@ -8,64 +13,76 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from harness.engine.methods import SteeringVectors
+from harness.engine.safetensors_io import DamagedFile, read_checked, write_checked
 from harness.errors import PowersteerError
 
 METADATA_KEY = "powersteer"
 SETS_METADATA_KEY = "powersteer_sets"
+UNIT_TOLERANCE = 1e-4  # float32 rows normalised once are unit to ~1e-7
 
 
 def save_vectors(path: str | os.PathLike[str], result: SteeringVectors, **extra: Any) -> Path:
     """Write ``vectors`` and ``values`` tensors plus JSON metadata (method, layers, cost,
     and ``extra`` such as the model id). Written to a temporary name, then renamed, so an
     interrupted save never leaves a file that looks complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {**result.metadata(), **extra}
-    partial = path.with_name(path.name + ".partial")
-    save_file(
-        {"vectors": result.vectors.contiguous(), "values": result.values.contiguous()},
-        str(partial),
-        metadata={METADATA_KEY: json.dumps(metadata)},
+    return write_checked(
+        Path(path),
+        {"vectors": result.vectors, "values": result.values},
+        {METADATA_KEY: json.dumps(metadata)},
     )
-    partial.replace(path)
-    return path
 
 
 def load_vectors(path: str | os.PathLike[str]) -> tuple[SteeringVectors, dict[str, Any]]:
     """Read a file written by :func:`save_vectors`; returns the result and all metadata."""
     path = Path(path)
-    tensors, header = _read_safetensors(path)
+    tensors, header = read_checked(path)
     if "vectors" not in tensors or METADATA_KEY not in header:
         raise PowersteerError(
             f"{path} was not written by powersteer (no 'vectors' tensor or metadata); "
             "create it with `powersteer vectors`"
         )
-    metadata = json.loads(header[METADATA_KEY])
-    vectors = tensors["vectors"]
+    metadata = _json_metadata(path, header[METADATA_KEY])
+    _check_unit_rows(path, "vectors", tensors["vectors"])
+    return _from_metadata(path, tensors["vectors"], tensors.get("values"), metadata), metadata
+
+
+def _check_unit_rows(path: Path, name: str, vectors: torch.Tensor) -> None:
     if vectors.ndim != 2 or not bool(torch.isfinite(vectors).all()):
-        raise PowersteerError(f"{path}: 'vectors' must be a finite (k, d_model) matrix")
-    result = _from_metadata(vectors, tensors.get("values"), metadata)
-    return result, metadata
+        raise DamagedFile(f"{path}: {name!r} must be a finite (k, d_model) matrix")
+    deviation = float((vectors.double().norm(dim=1) - 1.0).abs().max()) if len(vectors) else 0.0
+    if deviation > UNIT_TOLERANCE:
+        raise DamagedFile(
+            f"{path}: the rows of {name!r} are not unit vectors (a norm is off by "
+            f"{deviation:.2g}), so the file was changed after powersteer wrote it; "
+            "write it again"
+        )
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the string metadata of a safetensors file, or one clear error."""
-    if not path.exists():
-        raise PowersteerError(f"vector file {path} does not exist; check the path")
+def _json_metadata(path: Path, text: str) -> dict[str, Any]:
     try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-    except Exception as error:  # safetensors raises its own untyped errors
-        raise PowersteerError(f"{path} is not a readable safetensors file: {error}") from error
-    return tensors, header
+        metadata = json.loads(text)
+    except json.JSONDecodeError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise DamagedFile(f"{path}: its metadata is not a JSON object; write the file again")
+    return metadata
 
 
 def _from_metadata(
+    path: Path, vectors: torch.Tensor, values: torch.Tensor | None, metadata: dict[str, Any]
+) -> SteeringVectors:
+    try:
+        return _steering_vectors(vectors, values, metadata)
+    except (KeyError, TypeError, ValueError) as error:
+        raise DamagedFile(
+            f"{path}: its metadata lacks or garbles {error}; write it again"
+        ) from None
+
+
+def _steering_vectors(
     vectors: torch.Tensor, values: torch.Tensor | None, metadata: dict[str, Any]
 ) -> SteeringVectors:
     return SteeringVectors(
@@ -94,18 +111,13 @@ def save_vector_sets(
     result's metadata, plus ``extra[NAME]`` when given (such as the selected vector and
     scale). Written under a temporary name, then renamed.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     metadata: dict[str, Any] = {}
     for name, result in sets.items():
-        tensors[f"{name}.vectors"] = result.vectors.contiguous()
-        tensors[f"{name}.values"] = result.values.contiguous()
+        tensors[f"{name}.vectors"] = result.vectors
+        tensors[f"{name}.values"] = result.values
         metadata[name] = {**result.metadata(), **extra.get(name, {})}
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={SETS_METADATA_KEY: json.dumps(metadata)})
-    partial.replace(path)
-    return path
+    return write_checked(Path(path), tensors, {SETS_METADATA_KEY: json.dumps(metadata)})
 
 
 def load_vector_sets(
@@ -113,16 +125,18 @@ def load_vector_sets(
 ) -> dict[str, tuple[SteeringVectors, dict[str, Any]]]:
     """Read a file written by :func:`save_vector_sets`: ``{name: (result, metadata)}``."""
     path = Path(path)
-    tensors, header = _read_safetensors(path)
+    tensors, header = read_checked(path)
     if SETS_METADATA_KEY not in header:
         raise PowersteerError(
             f"{path} is not a run's vector file (no {SETS_METADATA_KEY!r} metadata); "
             "give the vectors.safetensors of a `powersteer run` directory"
         )
     sets = {}
-    for name, metadata in json.loads(header[SETS_METADATA_KEY]).items():
+    for name, metadata in _json_metadata(path, header[SETS_METADATA_KEY]).items():
         vectors = tensors.get(f"{name}.vectors")
-        if vectors is None or vectors.ndim != 2 or not bool(torch.isfinite(vectors).all()):
-            raise PowersteerError(f"{path}: {name}.vectors must be a finite (k, d_model) matrix")
-        sets[name] = (_from_metadata(vectors, tensors.get(f"{name}.values"), metadata), metadata)
+        if vectors is None:
+            raise DamagedFile(f"{path}: no tensor {name}.vectors for the set {name!r}")
+        _check_unit_rows(path, f"{name}.vectors", vectors)
+        values = tensors.get(f"{name}.values")
+        sets[name] = (_from_metadata(path, vectors, values, metadata), metadata)
     return sets
