@@ -1,5 +1,9 @@
-"""Test support: tiny random models for the tests and benchmarks.
+"""Test support: tiny random models for the tests and benchmarks, and the small helpers
+their tests share.
 
-Nothing in the tool imports this package; it builds randomly initialised models of several
-architectures offline, small enough for exact Jacobians, so tests need no downloads.
+Nothing in the tool imports this package. :mod:`~harness.testing.tiny_models` builds
+randomly initialised models of several architectures offline, small enough for exact
+Jacobians, so tests need no downloads; :mod:`~harness.testing.pass_counter` counts the
+model sweeps a method really runs; :mod:`~harness.testing.results_frames` builds sweep
+results by hand for the analysis, expectation and report tests.
 """
