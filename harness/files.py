@@ -9,14 +9,22 @@ wins whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+from harness.errors import PowersteerError, PowersteerWarning
+
 TEMPORARY_SUFFIX = ".tmp"
+LOCK_FILE = ".powersteer.lock"
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -50,3 +58,45 @@ def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2) ->
     """Write ``data`` as JSON (non-JSON values as ``str``) to ``path`` atomically."""
     text = json.dumps(data, indent=indent, default=str)
     return atomic_write_text(path, text + "\n" if indent is not None else text)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def directory_lock(
+    directory: str | Path, *, wait: bool = True, what: str = "run"
+) -> Iterator[None]:
+    """Hold ``directory``'s lock for the block: one writer per run or map directory.
+
+    A second process waits for the first (with one warning line) and then finds its
+    finished work to reuse; with ``wait=False`` it stops at once with a clear error.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise PowersteerError(
+                f"{directory} is in use by another powersteer {what}; wait for it to finish, "
+                "drop --no-wait to wait for it, or choose another --out"
+            ) from None
+        warnings.warn(
+            f"{directory} is in use by another powersteer {what}; waiting for it to finish "
+            "(its finished work will be reused)",
+            PowersteerWarning,
+            stacklevel=3,
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

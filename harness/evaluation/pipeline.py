@@ -40,15 +40,16 @@ from harness.evaluation.report import write_report
 from harness.evaluation.run_dir import (
     CACHE_DIR,
     REPORT_FILE,
-    RESULTS_FILE,
     VECTORS_FILE,
     default_run_dir,
+    mark_incomplete,
     read_manifest,
     read_results,
     write_manifest,
     write_results,
 )
 from harness.evaluation.sweep import BehaviorSweep, score_generations, sweep_behavior
+from harness.files import directory_lock
 
 DEFAULT_MODEL = "organism"
 DEFAULT_BEHAVIORS_DIR = Path(__file__).resolve().parents[2] / "behaviors" / "organism"
@@ -96,16 +97,49 @@ def run(
     dtype: str = "float32",
     batch_rows: int = 512,
     progress: bool = True,
+    wait: bool = True,
 ) -> RunResult:
     """Sweep each behavior on ``model``, then write results, vectors, manifest and report.
 
-    Cells finished before an interruption are read back from ``out/cache``; nothing in the
-    run directory but the cache is written until every behavior has finished.
+    Cells finished before an interruption are read back from ``out/cache``; the directory's
+    lock keeps a second run on the same ``out`` waiting (``wait=False``: an error at once)
+    until the first is done, and it then reuses the first run's cells. The manifest, which
+    marks the directory complete, is written last.
     """
     started = time.perf_counter()
     code_version = _git_commit()  # now: the code may change while a long run goes on
+    specs, files = _behaviors_to_run(behaviors)
+    lm = (
+        model
+        if isinstance(model, LanguageModel)
+        else load_model(model, dtype=dtype, device=device or "cpu")
+    )
+    model_name = lm.name if isinstance(model, LanguageModel) else str(model)
+    run_dir = Path(out) if out is not None else default_run_dir(model_name, files, seed)
+    with directory_lock(run_dir, wait=wait, what="run"):
+        mark_incomplete(run_dir)
+        cache = ResultCache(run_dir / CACHE_DIR)
+        sweeps = [
+            sweep_behavior(lm, behavior, cache, seed=seed, batch_rows=batch_rows, progress=progress)
+            for behavior in specs
+        ]
+        results = pd.concat([s.results for s in sweeps], ignore_index=True)
+        _save_run(run_dir, results, sweeps)
+        wall = time.perf_counter() - started
+        manifest = build_manifest(
+            lm, model_name, specs, seed, run_dir, wall, sweeps, git_commit=code_version
+        )
+        write_manifest(run_dir, manifest)
+        write_report(run_dir)
+    return RunResult(run_dir=run_dir, results=results, sweeps=sweeps, wall_time_s=wall)
+
+
+def _behaviors_to_run(
+    behaviors: Sequence[str | os.PathLike[str] | Behavior],
+) -> tuple[list[Behavior], list[Path]]:
+    """The behaviors (loaded from files and directories when given as paths) and their files."""
     if behaviors and all(isinstance(b, Behavior) for b in behaviors):
-        specs = list(behaviors)
+        specs = [b for b in behaviors if isinstance(b, Behavior)]
         files = [b.path for b in specs if b.path is not None]
     else:
         files = behavior_files(behaviors)
@@ -114,42 +148,29 @@ def run(
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise PowersteerError(f"two behaviors are named {repeated[0]!r}; give each a unique name")
-    lm = (
-        model
-        if isinstance(model, LanguageModel)
-        else load_model(model, dtype=dtype, device=device or "cpu")
-    )
-    model_name = lm.name if isinstance(model, LanguageModel) else str(model)
-    run_dir = Path(out) if out is not None else default_run_dir(model_name, files, seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cache = ResultCache(run_dir / CACHE_DIR)
-    sweeps = [
-        sweep_behavior(lm, behavior, cache, seed=seed, batch_rows=batch_rows, progress=progress)
-        for behavior in specs
-    ]
-    results = pd.concat([s.results for s in sweeps], ignore_index=True)
+    return specs, files
+
+
+def _save_run(run_dir: Path, results: pd.DataFrame, sweeps: Sequence[BehaviorSweep]) -> None:
     write_results(run_dir, results)
     save_vector_sets(
         run_dir / VECTORS_FILE,
         {f"{s.behavior.name}/{m}": v for s in sweeps for m, v in s.vectors.items()},
         **{f"{s.behavior.name}/{m}": _selection_metadata(s, m) for s in sweeps for m in s.vectors},
     )
-    wall = time.perf_counter() - started
-    manifest = build_manifest(
-        lm, model_name, specs, seed, run_dir, wall, sweeps, git_commit=code_version
-    )
-    write_manifest(run_dir, manifest)
-    write_report(run_dir)
-    return RunResult(run_dir=run_dir, results=results, sweeps=sweeps, wall_time_s=wall)
 
 
 def rescore(run_dir: str | os.PathLike[str], behavior_file: str | os.PathLike[str]) -> Path:
     """Score a run's saved generations again with ``behavior_file``'s scorer (same behavior
     name) and rebuild the report; nothing is generated again."""
     run_dir = Path(run_dir)
-    if not (run_dir / RESULTS_FILE).is_file():
-        raise PowersteerError(f"{run_dir}: no {RESULTS_FILE}; give a finished run directory")
     behavior = load_behavior(behavior_file)
+    with directory_lock(run_dir, what="rescore"):
+        return _rescore(run_dir, behavior, Path(behavior_file))
+
+
+def _rescore(run_dir: Path, behavior: Behavior, behavior_file: Path) -> Path:
+    manifest = read_manifest(run_dir)
     results = read_results(run_dir)
     mine = results["behavior"] == behavior.name
     if not mine.any():
@@ -188,13 +209,13 @@ def rescore(run_dir: str | os.PathLike[str], behavior_file: str | os.PathLike[st
         rows = part.method == method
         part.loc[rows, "selected_scale"] = chosen.scale
         part.loc[rows, "selected"] = (part.vector == chosen.vector) & (part.sign == chosen.sign)
-    manifest = read_manifest(run_dir)
     manifest["notes"] = [
         n for n in manifest.get("notes", []) if not n.startswith(f"{behavior.name}:")
     ] + notes
-    write_manifest(run_dir, manifest)
     results = pd.concat([results[~mine], part], ignore_index=True)
+    mark_incomplete(run_dir)  # until the manifest vouches for the new results
     write_results(run_dir, results)
+    write_manifest(run_dir, manifest)
     return write_report(run_dir)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from harness.errors import PowersteerError
 from harness.evaluation.report import write_report
-from harness.evaluation.run_dir import CAPABILITY_FILE, MANIFEST_FILE, VECTORS_FILE
+from harness.evaluation.run_dir import CAPABILITY_FILE, VECTORS_FILE, read_manifest
 
 
 def run_capability(
@@ -41,7 +41,7 @@ def run_capability(
     vectors_file = run_dir / VECTORS_FILE
     if not vectors_file.is_file():
         raise PowersteerError(f"{run_dir}: no {VECTORS_FILE}; give a finished run directory")
-    manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
+    manifest = read_manifest(run_dir)
     lm = load_model(model or manifest["model"]["name"], device=device)
     steered = SteeredLM(lm, batch_size=batch_size, device=device)
     manager = TaskManager(include_path=include_path) if include_path else TaskManager()
