@@ -30,7 +30,6 @@ from harness import load_model, power_steering
 from harness.engine.effects import next_token_effect
 from harness.engine.jacobian import LayerJacobian
 from harness.engine.layers import resolve_layer_pair
-from harness.engine.methods.melbo import median_residual_norm
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import (
     PromptBatch,
@@ -39,6 +38,7 @@ from harness.engine.prompts import (
     format_chat,
     read_prompts,
 )
+from harness.engine.steering import scale_unit
 
 DATA = Path(__file__).resolve().parents[1] / "behaviors" / "real" / "data"
 
@@ -118,7 +118,7 @@ def main() -> None:
               f"{abs(float(va[0] @ vb[0])):.3f} |")  # fmt: skip
 
     print("\n## Held-out effect on the next-token distribution after the prompt")
-    radius = median_residual_norm(lm, encode_prompts(lm, held_out), source)
+    radius = scale_unit(lm, encode_prompts(lm, held_out), source)
     sets = {repr(c): found[c].vectors for c in choices} | {"random": random_vectors}
     print(f"scale unit (median residual norm at block {source}, held-out prompts): "
           f"{radius:.2f}; each vector at both signs; 95% bootstrap intervals over "

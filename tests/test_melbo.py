@@ -7,8 +7,8 @@ import torch
 from conftest import PROMPTS
 
 from harness import melbo, power_steering
-from harness.engine.methods.melbo import median_residual_norm
 from harness.engine.prompts import encode_prompts
+from harness.engine.steering import scale_unit
 
 SOURCE, TARGET = 0, 2
 
@@ -75,4 +75,4 @@ def test_at_small_radius_first_vector_is_the_top_singular_vector(qwen3_tiny):
 def test_default_radius_is_the_median_residual_norm(qwen3_tiny):
     result = melbo(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=1, steps=2)
     batch = encode_prompts(qwen3_tiny, PROMPTS)
-    assert result.radius == pytest.approx(median_residual_norm(qwen3_tiny, batch, SOURCE))
+    assert result.radius == pytest.approx(scale_unit(qwen3_tiny, batch, SOURCE))

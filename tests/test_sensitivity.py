@@ -9,10 +9,10 @@ from conftest import PROMPTS
 
 import harness.engine.sensitivity
 from harness import PowersteerError, power_steering, steer
-from harness.engine.methods import median_residual_norm
 from harness.engine.prompts import encode_prompts
 from harness.engine.sensitivity import all_pairs, next_token_kl, parse_pairs, sensitivity_map
 from harness.engine.sensitivity_io import KL_FILE, STATE_FILE, load_map, load_state, save_state
+from harness.engine.steering import scale_unit
 from harness.integrations.cli import main
 from harness.testing.tiny_models import tiny_model
 
@@ -118,7 +118,7 @@ def test_next_token_kl_matches_steering_each_prompt_alone(qwen3_tiny, tiny_map):
     batch = encode_prompts(qwen3_tiny, PROMPTS)
     for index in (0, 4):  # pairs (0, 1) and (1, 3): two sources
         source = tiny_map.pairs[index][0]
-        raw = 0.5 * median_residual_norm(qwen3_tiny, batch, source)
+        raw = 0.5 * scale_unit(qwen3_tiny, batch, source)
         assert table.loc[index, "raw_scale"] == pytest.approx(raw)
         divergences = []
         for prompt in PROMPTS:

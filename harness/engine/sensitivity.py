@@ -31,10 +31,10 @@ from harness.engine.linalg import (
     orthonormal_rows,
     random_orthonormal_rows,
 )
-from harness.engine.methods.melbo import median_residual_norm
 from harness.engine.methods.power import rayleigh_ritz
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
+from harness.engine.steering import scale_unit
 from harness.errors import PowersteerError
 
 Pair = tuple[int, int]
@@ -263,13 +263,14 @@ def next_token_kl(
 ) -> pd.DataFrame:
     """Per pair, how far its top vector moves the next-token distribution after the prompt.
 
-    The vector is added at the pair's source block at ``±scale`` times the median residual
-    norm there (on ``prompts``). One row per pair: ``source``, ``target``, ``scale``,
-    ``raw_scale``, ``kl`` (mean over prompts and both signs of KL(unsteered ‖ steered), in
-    nats) and ``changed`` (share of prompts × signs whose greedy next token changes).
+    The vector is added at the pair's source block at ``±scale`` times the scale unit there
+    (:func:`~harness.engine.steering.scale_unit` on ``prompts``). One row per pair:
+    ``source``, ``target``, ``scale``, ``raw_scale``, ``kl`` (mean over prompts and both
+    signs of KL(unsteered ‖ steered), in nats) and ``changed`` (share of prompts × signs
+    whose greedy next token changes).
     """
     batch = encode_prompts(lm, prompts)
-    norms = {s: median_residual_norm(lm, batch, s) for s in sorted({s for s, _ in result.pairs})}
+    norms = {s: scale_unit(lm, batch, s) for s in sorted({s for s, _ in result.pairs})}
     sources = [source for source, _ in result.pairs]
     effect = next_token_effect(lm, batch, result.vectors[:, 0], sources,
                                [scale * norms[s] for s in sources], max_rows=max_rows)  # fmt: skip

@@ -1,4 +1,5 @@
-"""The one place that adds a vector to the residual stream, and forward passes that stop early."""
+"""The one place that adds a vector to the residual stream, the unit of steering scale, and
+forward passes that stop early."""
 
 from __future__ import annotations
 
@@ -158,6 +159,17 @@ def run_to_blocks(
         for handle in handles:
             handle.remove()
     return captured
+
+
+def scale_unit(lm: LanguageModel, batch: PromptBatch, layer: int) -> float:
+    """The median over real tokens of ``‖h_layer‖₂``, the unit steering scales are multiples of.
+
+    A scale of 2 at ``layer`` adds a vector twice as long as the typical residual there.
+    """
+    with torch.no_grad():
+        hidden = run_to_block(lm, batch, layer)
+    norms = hidden[batch.attention_mask.bool()].float().norm(dim=-1)
+    return float(norms.median())
 
 
 @contextmanager

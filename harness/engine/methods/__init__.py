@@ -12,7 +12,7 @@ from typing import Any
 
 from harness.engine.layers import LayerSpec
 from harness.engine.methods.caa import difference_of_means
-from harness.engine.methods.melbo import median_residual_norm, melbo
+from harness.engine.methods.melbo import melbo
 from harness.engine.methods.power import power_steering
 from harness.engine.methods.random import random_directions
 from harness.engine.methods.registry import (
@@ -49,7 +49,6 @@ __all__ = [
     "SteeringVectors",
     "difference_of_means",
     "find_vectors",
-    "median_residual_norm",
     "melbo",
     "method_info",
     "ranked_methods",

@@ -18,7 +18,7 @@ from harness.engine.methods.registry import register_method
 from harness.engine.methods.result import SteeringVectors
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
-from harness.engine.steering import run_to_block
+from harness.engine.steering import run_to_block, scale_unit
 from harness.errors import PowersteerError
 
 # The reference optimiser steps with lr 1e-3 at its usual radius R = 4; scaling lr with R
@@ -45,9 +45,10 @@ def melbo(
 ) -> SteeringVectors:
     """Learn ``num_vectors`` orthogonal MELBO steering directions.
 
-    ``radius`` defaults to the median per-token residual norm at ``source`` on these
-    prompts; ``lr`` to ``2.5e-4 · radius`` (see ``LR_PER_UNIT_RADIUS``). Optimiser as in the
-    reference implementation: AdamW, betas (0.9, 0.98), no weight decay, amsgrad, the
+    ``radius`` (MELBO's norm constraint ``‖θ‖ = R``) defaults to the scale unit at
+    ``source`` on these prompts (:func:`harness.engine.steering.scale_unit`); ``lr`` to
+    ``2.5e-4 · radius`` (see ``LR_PER_UNIT_RADIUS``). Optimiser as in the reference
+    implementation: AdamW, betas (0.9, 0.98), no weight decay, amsgrad, the
     gradient projected onto the sphere's tangent space and off earlier vectors, then the
     iterate projected back onto the sphere.
 
@@ -67,7 +68,7 @@ def melbo(
         unsteered = _targets(run_to_block(lm, batch, target_block), batch)
         passes += 1
         if radius is None:
-            radius = median_residual_norm(lm, batch, source_block)
+            radius = scale_unit(lm, batch, source_block)
             passes += 1
     if not radius > 0:
         raise PowersteerError(f"radius={radius} must be positive")
@@ -135,14 +136,6 @@ def melbo(
             "target_tokens": target_tokens,
         },
     )
-
-
-def median_residual_norm(lm: LanguageModel, batch: PromptBatch, layer: int) -> float:
-    """Median over real tokens of ``‖h_layer‖₂``: the natural unit of steering scale."""
-    with torch.no_grad():
-        hidden = run_to_block(lm, batch, layer)
-    norms = hidden[batch.attention_mask.bool()].float().norm(dim=-1)
-    return float(norms.median())
 
 
 def _targets(hidden: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
