@@ -98,6 +98,12 @@ def test_unknown_key_suggests_the_closest_valid_key(folder):
     assert "did you mean 'scales'?" in message
 
 
+def test_unknown_coherence_key_suggests_the_coherence_key_meant(folder):
+    message = error_of(write(folder, VALID + "coherence:\n  max_loglik_dorp: 2.0\n"))
+    assert "coherence.max_loglik_dorp: unknown key; did you mean 'max_loglik_drop'?" in message
+    assert "valid keys here: max_loglik_drop, max_repetition" in message
+
+
 def test_unknown_top_level_key(folder):
     message = error_of(write(folder, VALID + "expects: {}\n"))
     assert "expects: unknown key; did you mean 'expect'?" in message

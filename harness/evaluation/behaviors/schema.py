@@ -1,0 +1,280 @@
+"""The behavior schema: the sections of a behavior YAML file as pydantic models.
+
+Schema (every section but ``name``, ``prompts`` and ``scorer`` is optional; an unknown key
+anywhere is an error)::
+
+    name: anti_refusal                # letters, digits, '_', '-', '.'
+    description: free text
+    prompts:                          # the prompts to steer
+      path: data/requests.jsonl       # .jsonl, .json, .csv or .txt, relative to this file
+      # hf: walledai/AdvBench         # ... or a Hugging Face dataset
+      # split: train                  # hf only (default train)
+      # config: default               # hf only, optional
+      field: prompt                   # the row field holding the prompt text (default prompt)
+      chat_template: auto             # auto: use the model's chat template if it has one;
+                                      # true: require one; false: plain text
+      system: You are a helpful assistant.  # optional system turn (needs the chat template)
+      limit: 64                       # use the first N rows (default all)
+    contrast:                         # optional, same keys as prompts: prompts that show the
+      path: data/harmless.jsonl       # target behavior; CAA's direction is
+                                      # mean(contrast) - mean(prompts)
+    scorer:
+      type: refusal                   # a registered scorer (harness.evaluation.scorers.SCORERS)
+      success: not_refused            # ... and that scorer's options
+    generation: {max_new_tokens: 64, temperature: 0}
+    steering:
+      methods: [power, melbo, random] # from power, melbo, random, caa (caa needs contrast)
+      source_layer: 0.25              # block index (negative from the end) or fraction
+      target_layer: 0.75              # must lie after source_layer
+      num_vectors: 8
+      scales: [0, 0.5, 1, 2, 4, 8]    # multiples of the median residual norm at the source
+      target_tokens: all_but_first    # target positions: all, all_but_first (default) or
+                                      # N (the last N prompt tokens)
+      options:                        # optional keyword arguments for each method
+        melbo: {steps: 150}           # (see harness.engine.methods: power_steering, melbo, ...)
+    coherence:                        # when a steered output still counts as coherent
+      max_loglik_drop: 3.0            # nats/token below the median unsteered completion
+      max_repetition: 0.5             # repeated-trigram fraction of the completion
+    split: {select: 0.5, seed: 0}     # fraction of prompts used to pick vector and scale
+    expect:                           # CI thresholds (pytest evals/), on the held-out prompts
+      methods: [power, melbo]         # the methods held to them (default: all but random)
+      min_success: 0.6                # effective success rate (needs a success scorer)
+      beats: [random, unsteered]      # must beat these with a significant paired test
+      max_coherence_drop: 0.5         # most allowed drop of the coherent fraction
+
+Every mistake is reported as one :class:`PowersteerError` line naming the file, the key
+(``steering.scales[2]``) and the fix (:mod:`harness.evaluation.behaviors.messages` words
+pydantic's errors that way). ``prompts:`` and ``contrast:`` are
+:class:`~harness.evaluation.behaviors.sources.PromptSource` sections.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    model_validator,
+)
+
+from harness.engine.methods import METHODS
+from harness.engine.prompts import DEFAULT_TARGET_TOKENS, check_target_tokens
+from harness.errors import PowersteerError
+from harness.evaluation.behaviors.sources import PromptSource, load_prompt_rows
+from harness.evaluation.scorers import Scorer, build_scorer
+
+MethodName = Literal["power", "melbo", "random", "caa"]
+BASELINES = ("unsteered",)
+
+
+def _check_layer(value: object) -> object:
+    """A layer is an int block index or a float fraction of depth in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(
+            f"should be a block index or a fraction of depth, got {value!r}; "
+            "write an integer such as 6 (or -2) or a fraction such as 0.25"
+        )
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"fraction of depth {value} lies outside [0, 1]; "
+            "write a fraction such as 0.25 or an integer block index"
+        )
+    return value
+
+
+Layer = Annotated[int | float, BeforeValidator(_check_layer)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScorerSpec(BaseModel):
+    """``type`` names a registered scorer; the other keys are its options.
+
+    The options are checked against the scorer's own signature by
+    :func:`harness.evaluation.scorers.build_scorer`, so unknown ones are still errors.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **self.options}
+
+
+class Generation(_Section):
+    max_new_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+
+
+def _check_target_tokens(value: object) -> object:
+    """``steering.target_tokens`` by the one rule the methods use; unset or null is the
+    run default (:data:`harness.engine.prompts.DEFAULT_TARGET_TOKENS`)."""
+    try:
+        return DEFAULT_TARGET_TOKENS if value is None else check_target_tokens(value)
+    except PowersteerError as error:
+        raise ValueError(str(error)) from None
+
+
+class Steering(_Section):
+    methods: list[MethodName] = Field(
+        default_factory=lambda: ["power", "melbo", "random"], min_length=1
+    )
+    source_layer: Layer = 0.25
+    target_layer: Layer = 0.75
+    num_vectors: int = Field(default=8, ge=1)
+    scales: list[float] = Field(default_factory=lambda: [0, 0.5, 1, 2, 4, 8], min_length=1)
+    target_tokens: Annotated[
+        int | Literal["all", "all_but_first"] | None, BeforeValidator(_check_target_tokens)
+    ] = Field(default=None, validate_default=True)
+    options: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Steering:
+        for method, options in self.options.items():
+            _check_method_options(method, options)
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:
+            raise ValueError(f"{repeated[0]!r} is listed twice in methods; list each once")
+        source, target = self.source_layer, self.target_layer
+        same_kind = isinstance(source, float) == isinstance(target, float)
+        if same_kind and (source >= 0) == (target >= 0) and target <= source:
+            raise ValueError(
+                f"target_layer {target!r} is not after source_layer {source!r}; "
+                "steering only reaches later blocks, so choose target_layer > source_layer"
+            )
+        return self
+
+
+def _check_method_options(method: str, options: dict[str, Any]) -> None:
+    """Options must be keyword arguments of the method's function (not the ones the sweep sets)."""
+    owned = {"lm", "prompts", "contrast", "source", "target", "k", "num_vectors", "seed"}
+    accepted = sorted(name for name in METHODS[method].options if name not in owned)
+    for key in options:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"options.{method}: {method} has no option {key!r}; "
+                f"{hint}its options are: {', '.join(accepted) or 'none'}"
+            )
+
+
+class Coherence(_Section):
+    """When a steered completion still counts as coherent: :mod:`harness.evaluation.coherence`
+    applies these limits to the log-likelihood and repetition that
+    :mod:`harness.engine.generation` measures."""
+
+    max_loglik_drop: float = Field(default=3.0, gt=0.0)
+    max_repetition: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+class Split(_Section):
+    select: float = Field(default=0.5, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+def split_indices(n: int, split: Split) -> tuple[list[int], list[int]]:
+    """Disjoint ``(select, test)`` prompt indices: a seeded shuffle cut at ``split.select``.
+
+    Each part gets at least one prompt when ``n >= 2``.
+    """
+    order = np.random.default_rng(split.seed).permutation(n)
+    cut = min(max(round(split.select * n), 1), n - 1) if n >= 2 else n
+    return sorted(int(i) for i in order[:cut]), sorted(int(i) for i in order[cut:])
+
+
+class Expect(_Section):
+    methods: list[MethodName] | None = None
+    min_success: float | None = Field(default=None, ge=0.0, le=1.0)
+    beats: list[str] = Field(default_factory=list)
+    max_coherence_drop: float | None = Field(default=None, ge=0.0)
+
+
+class Behavior(_Section):
+    """A validated behavior. :func:`load_behavior` also records the file it came from."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    prompts: PromptSource
+    contrast: PromptSource | None = None
+    scorer: ScorerSpec
+    generation: Generation = Field(default_factory=Generation)
+    steering: Steering = Field(default_factory=Steering)
+    coherence: Coherence = Field(default_factory=Coherence)
+    split: Split = Field(default_factory=Split)
+    expect: Expect = Field(default_factory=Expect)
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_file_data(cls, data: Any, path: Path) -> Behavior:
+        """Validate ``data``, read from the YAML file ``path``, and record that file (relative
+        prompt paths resolve beside it). Raises pydantic's ``ValidationError``."""
+        behavior = cls.model_validate(data)
+        behavior._path = path
+        return behavior
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Behavior:
+        if "caa" in self.steering.methods and self.contrast is None:
+            raise ValueError(
+                "steering.methods: caa (difference of means) needs contrast prompts; "
+                "add a contrast: section or remove caa"
+            )
+        for index, name in enumerate(self.expect.methods or []):
+            if name not in self.steering.methods:
+                raise ValueError(
+                    f"expect.methods[{index}]: {name!r} is not one of steering.methods "
+                    f"({', '.join(self.steering.methods)}); list a method the sweep runs"
+                )
+        allowed = [*BASELINES, *self.steering.methods]
+        for index, name in enumerate(self.expect.beats):
+            if name not in allowed:
+                raise ValueError(
+                    f"expect.beats[{index}]: {name!r} is neither a baseline nor one of "
+                    f"steering.methods; use one of: {', '.join(allowed)}"
+                )
+        return self
+
+    @property
+    def expected_methods(self) -> list[str]:
+        """The methods ``expect:`` applies to: ``expect.methods``, else all but random."""
+        if self.expect.methods is not None:
+            return list(self.expect.methods)
+        return [m for m in self.steering.methods if m != "random"]
+
+    @property
+    def path(self) -> Path | None:
+        """The YAML file this behavior was loaded from (None if built in Python)."""
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory relative prompt paths resolve against."""
+        return self._path.parent if self._path is not None else Path.cwd()
+
+    def make_scorer(self) -> Scorer:
+        """The built scorer (see :mod:`harness.evaluation.scorers`)."""
+        return build_scorer(self.scorer.as_dict(), base_dir=self.base_dir)
+
+    def prompt_rows(self) -> list[dict[str, Any]]:
+        return load_prompt_rows(self.prompts, self.base_dir, where="prompts", source=self._path)
+
+    def contrast_rows(self) -> list[dict[str, Any]] | None:
+        if self.contrast is None:
+            return None
+        return load_prompt_rows(self.contrast, self.base_dir, where="contrast", source=self._path)
