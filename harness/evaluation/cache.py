@@ -105,7 +105,7 @@ def _read_cell(path: Path, n_prompts: int) -> tuple[str | None, dict[str, Any] |
 def _cell_shape_problem(payload: dict[str, Any], n_prompts: int) -> str | None:
     for name in CELL_LISTS:
         value = payload.get(name)
-        if name == "logit_scores" and value is None:
+        if name == "logit_scores" and name in payload and value is None:
             continue
         if not isinstance(value, list) or len(value) != n_prompts:
             return f"{name} is not a list of {n_prompts} entries"
