@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 
@@ -217,15 +216,6 @@ def test_invalid_jsonl_names_the_line(folder):
     (folder / "data" / "bad.jsonl").write_text('{"text": "ok"}\n{"text": oops}\n')
     message = error_of(write(folder, VALID.replace("prompts.jsonl", "bad.jsonl")))
     assert "bad.jsonl, line 2: invalid JSON" in message
-
-
-def test_hf_dataset_without_the_datasets_package_says_how_to_install(folder, monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)
-    behavior = load_behavior(
-        write(folder, "name: x\nprompts: {hf: owner/set, split: test}\nscorer: {type: refusal}\n")
-    )
-    with pytest.raises(PowersteerError, match="pip install datasets"):
-        behavior.prompt_rows()
 
 
 def test_chat_template_auto_follows_the_model(folder):

@@ -64,13 +64,14 @@ from pydantic import (
     model_validator,
 )
 
-from harness.engine.methods import METHODS
+from harness.engine.methods import METHODS, ranked_methods
 from harness.engine.prompts import DEFAULT_TARGET_TOKENS, check_target_tokens
 from harness.errors import PowersteerError
 from harness.evaluation.behaviors.sources import PromptSource, load_prompt_rows
 from harness.evaluation.scorers import Scorer, build_scorer
 
-MethodName = Literal["power", "melbo", "random", "caa"]
+# Every registered method, in report order: the registry is the one list of methods.
+MethodName = Literal[tuple(info.name for info in ranked_methods())]  # type: ignore[valid-type]
 BASELINES = ("unsteered",)
 
 

@@ -174,15 +174,10 @@ def _as_row(record: Any, index: int, field: str, file: Path, where: str) -> dict
 
 def _hf_rows(spec: PromptSource, where: str) -> list[dict[str, Any]]:
     """The rows of ``spec``'s Hugging Face dataset split (the first ``spec.limit`` rows)."""
-    try:
-        # Imported here because datasets is slow to import (pyarrow, fsspec) and only
-        # hf: sources need it.
-        import datasets
-    except ImportError:
-        raise PowersteerError(
-            f"{where}: reading a Hugging Face dataset needs the datasets package; "
-            "pip install datasets (or point path: at a local file)"
-        ) from None
+    # Imported here because datasets is slow to import (pyarrow, fsspec) and only hf:
+    # sources need it; it is a hard dependency, so there is no missing-package branch.
+    import datasets
+
     split = spec.split or "train"
     try:
         dataset = datasets.load_dataset(spec.hf, spec.config, split=split)
