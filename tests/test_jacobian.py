@@ -8,6 +8,7 @@ from conftest import PROMPTS, exact_jacobian
 
 from harness import LayerJacobian, PowersteerError
 from harness.engine.steering import run_to_block
+from harness.testing.pass_counter import count_passes
 
 # float64 models and float64 reference: products agree to rounding (~1e-15 observed);
 # 1e-8 leaves room for summation order while catching any real error.
@@ -36,8 +37,12 @@ def test_double_vjp_mode_matches_exact_jacobian(qwen3_tiny):
     jacobian = LayerJacobian(qwen3_tiny, PROMPTS, 1, 2, jvp_mode="double_vjp")
     exact = exact_jacobian(qwen3_tiny, PROMPTS, 1, 2)
     vectors = torch.randn(2, qwen3_tiny.d_model, dtype=torch.float64)
-    assert relative_error(jacobian.jvp(vectors), vectors @ exact.T) < TOLERANCE
+    with count_passes(qwen3_tiny, 1) as counted:
+        images = jacobian.jvp(vectors)
+    assert relative_error(images, vectors @ exact.T) < TOLERANCE
     assert jacobian.passes.sweeps == 3  # forward, backward with graph, second backward
+    assert (counted.forward, counted.backward) == (1, 2)
+    assert jacobian.passes.sweeps == counted.total
 
 
 def test_chunked_block_equals_whole_block(qwen3_tiny):

@@ -9,6 +9,7 @@ from conftest import PROMPTS
 from harness import melbo, power_steering
 from harness.engine.prompts import encode_prompts
 from harness.engine.steering import scale_unit
+from harness.testing.pass_counter import count_passes
 
 SOURCE, TARGET = 0, 2
 
@@ -38,8 +39,18 @@ def activation_change(lm, thetas: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def learned(qwen3_tiny):
-    return melbo(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=3, radius=4.0, steps=100, lr=0.05)
+def learned_and_passes(qwen3_tiny):
+    """The learned vectors and the sweeps the model really ran while learning them."""
+    with count_passes(qwen3_tiny, SOURCE) as counted:
+        result = melbo(
+            qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=3, radius=4.0, steps=100, lr=0.05
+        )
+    return result, counted
+
+
+@pytest.fixture(scope="module")
+def learned(learned_and_passes):
+    return learned_and_passes[0]
 
 
 def test_objective_beats_200_random_directions(qwen3_tiny, learned):
@@ -58,9 +69,17 @@ def test_vectors_are_unit_and_mutually_orthogonal(learned):
     assert learned.radius == 4.0
 
 
-def test_cost_counts_forward_and_backward_passes(learned):
+def test_cost_counts_forward_and_backward_passes(learned_and_passes):
+    learned, counted = learned_and_passes
+    assert learned.forward_passes == counted.total  # the sweeps the model really ran
     # unsteered target, then per vector: steps × (forward + backward) + one final evaluation
     assert learned.forward_passes == 1 + 3 * (100 * 2 + 1)
+
+
+def test_cost_counts_the_pass_that_measures_the_default_radius(qwen3_tiny):
+    with count_passes(qwen3_tiny, SOURCE) as counted:
+        result = melbo(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=1, steps=2)
+    assert result.forward_passes == counted.total
 
 
 def test_at_small_radius_first_vector_is_the_top_singular_vector(qwen3_tiny):

@@ -8,6 +8,7 @@ from conftest import PROMPTS, exact_jacobian
 
 from harness import PowersteerError, find_vectors, power_steering
 from harness.engine.linalg import largest_principal_angle
+from harness.testing.pass_counter import count_passes
 
 SOURCE, TARGET = 0, 2
 
@@ -41,12 +42,22 @@ def test_vectors_are_unit_float32_rows_on_cpu_sorted_by_singular_value(qwen3_tin
 
 
 def test_cost_counts_every_pass(qwen3_tiny):
-    result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, oversample=2)
+    with count_passes(qwen3_tiny, SOURCE) as counted:
+        result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, oversample=2)
+    assert result.forward_passes == counted.total  # the sweeps the model really ran
     # one JVP per iteration, one backward between iterations, one forward to build the graph;
     # the JVPs and backwards carry the block of 4, the forward one copy of the prompts
     assert result.forward_passes == 2 * result.iterations
     assert result.prompt_passes == pytest.approx(4 * (2 * result.iterations - 1) + 1)
     assert result.wall_time_s > 0
+
+
+@pytest.mark.parametrize("options", [{"jvp_mode": "double_vjp"}, {"max_rows": 3}])
+def test_cost_counts_every_pass_of_the_fallback_and_split_passes(qwen3_tiny, options):
+    with count_passes(qwen3_tiny, SOURCE) as counted:
+        result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, oversample=2, **options)
+    assert counted.backward > 0
+    assert result.forward_passes == counted.total
 
 
 def test_reports_when_it_did_not_converge(qwen3_tiny):
