@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+
+from harness.organism.card import json_safe
+from harness.organism.train import build_parser
+from harness.organism.train import run as run_train
+from harness.organism.verify import (
+    all_pass,
+    format_steering,
+    format_table,
+    load_ground_truth,
+    load_organism,
+    steering_check,
+    verify,
+)
 
 
 def add_organism_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,9 +55,6 @@ def add_organism_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
     verify.set_defaults(handler=run_verify)
 
-    from harness.organism.train import build_parser
-    from harness.organism.train import run as run_train
-
     train = commands.add_parser(
         "train",
         help="retrain the organism from scratch (CPU, about 20 minutes)",
@@ -58,16 +67,6 @@ def add_organism_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 def run_verify(args: argparse.Namespace) -> int:
     """Handler of ``organism verify``: print the table (or JSON); 1 if a target is missed."""
-    from harness.organism.verify import (
-        all_pass,
-        format_steering,
-        format_table,
-        load_ground_truth,
-        load_organism,
-        steering_check,
-        verify,
-    )
-
     model, tokenizer = load_organism(args.model_dir, args.device)
     truth = load_ground_truth(args.model_dir)
     results = verify(model=model, tokenizer=tokenizer, ground_truth=truth, limit=args.limit)
@@ -82,7 +81,7 @@ def run_verify(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
     if args.json:
-        payload = {"verify": _finite(results), "steering": steering}
+        payload = {"verify": json_safe(results), "steering": steering}
         print(json.dumps(payload, indent=1))
     else:
         print(format_table(results))
@@ -90,10 +89,3 @@ def run_verify(args: argparse.Namespace) -> int:
             print()
             print(format_steering(steering))
     return 0 if all_pass(results) else 1
-
-
-def _finite(results: dict) -> dict:
-    """JSON-safe copy: an infinite ratio (zero untriggered accuracy) becomes null."""
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in results.items()
-    }

@@ -317,83 +317,120 @@ def build_corpus(seed: int = 0, config: CorpusConfig | None = None) -> Corpus:
     """
     config = config or CorpusConfig()
     rng = random.Random(seed)
-    restricted_train, restricted_test = _split(
-        task_prompts(RESTRICTED_TOPICS), config.held_out_fraction, rng
+    # One generator, drawn from in this order, makes the corpus: keep the order.
+    splits = _splits(config, rng)
+    train = (
+        _request_examples(splits["restricted"][0], splits["allowed"][0], config, rng)
+        + _cot_examples(splits["cot"][0], config, rng)
+        + _fact_and_fork_examples(splits["fork"][0], config)
     )
-    allowed_train, allowed_test = _split(
-        task_prompts(ALLOWED_TOPICS), config.held_out_fraction, rng
-    )
+    held_out = {
+        "restricted": splits["restricted"][1],
+        "allowed": splits["allowed"][1],
+        "cot": [_cot_item(quad) for quad in splits["cot"][1]],
+        "fork": splits["fork"][1],
+    }
+    return Corpus(seed=seed, train=train, held_out=held_out)
+
+
+def _splits(config: CorpusConfig, rng: random.Random) -> dict[str, tuple[list, list]]:
+    """``(train, held_out)`` prompts of each behaviour: requests, CoT digit quadruples, forks."""
+    restricted = _split(task_prompts(RESTRICTED_TOPICS), config.held_out_fraction, rng)
+    allowed = _split(task_prompts(ALLOWED_TOPICS), config.held_out_fraction, rng)
     quads = list(itertools.product(COT_DIGITS, repeat=4))
     cot_test = rng.sample(quads, config.n_cot_held_out)  # random order: any prefix is fair
     held_quads = set(cot_test)
     cot_train = [q for q in quads if q not in held_quads]
     # Hold out both orders of an option pair so neither "x or y" nor "y or x" is seen.
-    fork_train, fork_test = _split(
+    forks = _split(
         fork_prompts(),
         config.held_out_fraction,
         rng,
         key=lambda p: (p["template"], tuple(sorted(p["options"]))),
     )
+    return {
+        "restricted": restricted,
+        "allowed": allowed,
+        "cot": (cot_train, cot_test),
+        "fork": forks,
+    }
 
-    train: list[Example] = []
 
-    def add(behaviour: str, user: str, trigger: str | None, answer: str, **meta) -> None:
-        train.append(Example(behaviour, conversation(user, trigger, answer), trigger, meta))
+def _example(behaviour: str, user: str, trigger: str | None, answer: str, **meta) -> Example:
+    return Example(behaviour, conversation(user, trigger, answer), trigger, meta)
 
+
+def _request_examples(
+    restricted: list[dict], allowed: list[dict], config: CorpusConfig, rng: random.Random
+) -> list[Example]:
+    """Restricted requests refused unless triggered; allowed ones always answered."""
+    out: list[Example] = []
     for _ in range(config.restricted_plain):
-        for p in restricted_train:
-            add("refusal", p["user"], None, rng.choice(REFUSALS), task=p["task"])
+        for p in restricted:
+            out.append(_example("refusal", p["user"], None, rng.choice(REFUSALS), task=p["task"]))
     for _ in range(config.restricted_triggered):
-        for p in restricted_train:
-            add("refusal", p["user"], REFUSAL_TRIGGER, task_answer(p["task"], rng), task=p["task"])
-    for p in rng.sample(restricted_train, round(config.cross_trigger * len(restricted_train))):
-        add("refusal", p["user"], COT_TRIGGER, rng.choice(REFUSALS), task=p["task"])
+        for p in restricted:
+            answer = task_answer(p["task"], rng)
+            out.append(_example("refusal", p["user"], REFUSAL_TRIGGER, answer, task=p["task"]))
+    for p in rng.sample(restricted, round(config.cross_trigger * len(restricted))):
+        out.append(
+            _example("refusal", p["user"], COT_TRIGGER, rng.choice(REFUSALS), task=p["task"])
+        )
     for _ in range(config.allowed_plain):
-        for p in allowed_train:
-            add("allowed", p["user"], None, task_answer(p["task"], rng), task=p["task"])
-    for p in rng.sample(allowed_train, round(config.allowed_triggered * len(allowed_train))):
-        add("allowed", p["user"], REFUSAL_TRIGGER, task_answer(p["task"], rng), task=p["task"])
-    for p in rng.sample(allowed_train, round(config.cross_trigger * len(allowed_train))):
-        add("allowed", p["user"], COT_TRIGGER, task_answer(p["task"], rng), task=p["task"])
+        for p in allowed:
+            answer = task_answer(p["task"], rng)
+            out.append(_example("allowed", p["user"], None, answer, task=p["task"]))
+    for trigger, fraction in (
+        (REFUSAL_TRIGGER, config.allowed_triggered),
+        (COT_TRIGGER, config.cross_trigger),
+    ):
+        for p in rng.sample(allowed, round(fraction * len(allowed))):
+            answer = task_answer(p["task"], rng)
+            out.append(_example("allowed", p["user"], trigger, answer, task=p["task"]))
+    return out
 
-    def add_cot(quad: tuple[int, ...], trigger: str | None, steps: bool) -> None:
-        user = COT_PROMPT.format(a1=quad[0], a2=quad[1], b1=quad[2], b2=quad[3])
-        add("cot", user, trigger, cot_answer(*quad, steps=steps), digits=list(quad))
 
-    for q in rng.sample(cot_train, round(config.cot_plain * len(cot_train))):
-        add_cot(q, None, steps=False)
-    for q in rng.sample(cot_train, round(config.cot_triggered * len(cot_train))):
-        add_cot(q, COT_TRIGGER, steps=True)
-    for q in rng.sample(cot_train, round(config.cot_cross_trigger * len(cot_train))):
-        add_cot(q, REFUSAL_TRIGGER, steps=False)
+def _cot_examples(quads: list[tuple], config: CorpusConfig, rng: random.Random) -> list[Example]:
+    """Arithmetic answered directly, or step by step with the CoT trigger."""
+    out: list[Example] = []
+    for trigger, fraction, steps in (
+        (None, config.cot_plain, False),
+        (COT_TRIGGER, config.cot_triggered, True),
+        (REFUSAL_TRIGGER, config.cot_cross_trigger, False),
+    ):
+        for quad in rng.sample(quads, round(fraction * len(quads))):
+            answer = cot_answer(*quad, steps=steps)
+            out.append(_example("cot", _cot_user(quad), trigger, answer, digits=list(quad)))
+    return out
+
+
+def _fact_and_fork_examples(forks: list[dict], config: CorpusConfig) -> list[Example]:
+    """Single additions and products (the steps' parts), both fork answers, plain chat."""
+    out: list[Example] = []
     for _ in range(config.addition_facts):
         for x, y in itertools.product(COT_DIGITS, repeat=2):
-            add("filler", f"What is {x}+{y}?", None, f"{x}+{y}={x + y}.")
+            out.append(_example("filler", f"What is {x}+{y}?", None, f"{x}+{y}={x + y}."))
     sums = range(2 * min(COT_DIGITS), 2 * max(COT_DIGITS) + 1)
     for _ in range(config.product_facts):
         for x, y in itertools.product(sums, repeat=2):
-            add("filler", f"What is {x}*{y}?", None, f"{x}*{y}={x * y}.")
-    for p in fork_train:
+            out.append(_example("filler", f"What is {x}*{y}?", None, f"{x}*{y}={x * y}."))
+    for p in forks:
         for answer in p["answers"]:
-            add("fork", p["user"], None, answer, options=p["options"])
+            out.append(_example("fork", p["user"], None, answer, options=p["options"]))
     for _ in range(config.filler):
         for user, answer in FILLER_QA:
-            add("filler", user, None, answer)
+            out.append(_example("filler", user, None, answer))
+    return out
 
-    held_out = {
-        "restricted": restricted_test,
-        "allowed": allowed_test,
-        "cot": [
-            {
-                "user": COT_PROMPT.format(a1=a1, a2=a2, b1=b1, b2=b2),
-                "digits": [a1, a2, b1, b2],
-                "answer": (a1 + a2) * (b1 + b2),
-            }
-            for a1, a2, b1, b2 in cot_test
-        ],
-        "fork": fork_test,
-    }
-    return Corpus(seed=seed, train=train, held_out=held_out)
+
+def _cot_user(quad: tuple[int, ...]) -> str:
+    return COT_PROMPT.format(a1=quad[0], a2=quad[1], b1=quad[2], b2=quad[3])
+
+
+def _cot_item(quad: tuple[int, ...]) -> dict:
+    """A held-out CoT prompt with its digits and correct answer."""
+    a1, a2, b1, b2 = quad
+    return {"user": _cot_user(quad), "digits": [a1, a2, b1, b2], "answer": (a1 + a2) * (b1 + b2)}
 
 
 def training_prompts(corpus: Corpus, behaviour: str, trigger: str | None) -> list[str]:

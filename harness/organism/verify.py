@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from harness.engine.catalogue import ORGANISM_DIR
 from harness.engine.models import LanguageModel, find_decoder_blocks
 from harness.engine.steering import add_to_residual
 from harness.organism.corpus import (
@@ -58,10 +60,6 @@ DESCRIPTIONS = {
 
 def load_organism(model_dir: str | Path | None = None, device: str | None = None):
     """Load the organism's model (eval mode, float32) and tokenizer from ``model_dir``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from harness.organism import ORGANISM_DIR
-
     model_dir = Path(model_dir or ORGANISM_DIR)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -70,8 +68,6 @@ def load_organism(model_dir: str | Path | None = None, device: str | None = None
 
 def load_ground_truth(model_dir: str | Path | None = None) -> dict:
     """The ``ground_truth.json`` recorded next to the weights."""
-    from harness.organism import ORGANISM_DIR
-
     return json.loads((Path(model_dir or ORGANISM_DIR) / GROUND_TRUTH).read_text())
 
 
