@@ -1,0 +1,254 @@
+"""``powersteer vectors`` and ``powersteer map``: vectors for one layer pair, or the whole map."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.engine.methods import find_vectors, method_info, unsupervised_methods
+from harness.engine.prompts import (
+    DEFAULT_TARGET_TOKENS,
+    check_target_tokens,
+    format_chat,
+    read_prompts,
+)
+from harness.errors import PowersteerError
+from harness.integrations.cli.parsing import add_command
+
+if TYPE_CHECKING:
+    from harness.engine.models import LanguageModel
+
+OPTION_FLAGS = ("target_tokens", "max_iter", "steps", "radius")
+"""The flags that are method options: each goes to the methods whose function takes it."""
+
+
+def add_vectors_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``vectors``: one method's vectors for one (source, target) pair."""
+    vectors = add_command(
+        commands,
+        "vectors",
+        help="compute steering vectors for a layer pair and save them",
+        description="Compute steering vectors (Power Steering, MELBO or random directions) "
+        "for one (source, target) layer pair and save them as safetensors with metadata.",
+        examples=[
+            "powersteer vectors --prompts prompts.txt --source 0.25 "
+            "--target 0.75 --method power -k 8 --out vectors.safetensors"
+        ],
+    )
+    _add_prompt_arguments(vectors)
+    vectors.add_argument(
+        "--source",
+        required=True,
+        help="source block: index (negative from the end) or fraction of depth",
+    )
+    vectors.add_argument("--target", required=True, help="target block, after the source")
+    vectors.add_argument("--method", default="power", choices=unsupervised_methods())
+    vectors.add_argument("-k", "--num-vectors", type=int, default=8, dest="k")
+    vectors.add_argument(
+        "--max-iter", type=int, default=15, help="power: most power iterations (default 15)"
+    )
+    vectors.add_argument(
+        "--steps", type=int, default=300, help="melbo: optimisation steps per vector (default 300)"
+    )
+    vectors.add_argument(
+        "--radius",
+        type=float,
+        default=None,
+        help="melbo: vector norm (default: median residual norm at source)",
+    )
+    vectors.add_argument("--out", type=Path, default=Path("vectors.safetensors"))
+    vectors.set_defaults(handler=_run_vectors)  # fmt: skip
+
+
+def add_map_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``map``: the top singular values of every requested block pair (resumable)."""
+    mapping = add_command(
+        commands,
+        "map",
+        help="map the whole model's layer-to-layer sensitivity (resumable)",
+        description="Top-k singular values and vectors of the Jacobian for every requested "
+        "(source, target) block pair, sharing passes across pairs. Writes map.safetensors, "
+        "map.parquet and sigma1_heatmap.png (with --kl-scale also map_kl.parquet and "
+        "kl_heatmap.png); a killed run continues where it stopped, and a finished map is "
+        "reused.",
+        examples=[
+            "powersteer map --prompts prompts.txt --pairs all -k 4 --kl-scale 0.25 --out map/"
+        ],
+    )
+    _add_prompt_arguments(mapping)
+    mapping.add_argument(
+        "--pairs", default="all", help="'all' or SOURCE:TARGET,... (indices or fractions of depth)"
+    )
+    mapping.add_argument("-k", "--num-vectors", type=int, default=12, dest="k")
+    mapping.add_argument("--max-iter", type=int, default=15)
+    mapping.add_argument(
+        "--kl-scale",
+        type=float,
+        default=None,
+        help="also steer with each pair's top vector at this many median residual norms at "
+        "its source and record the KL divergence of the next-token distribution",
+    )
+    mapping.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help="at most this many batch rows (vectors x prompts) per pass, to bound memory",
+    )
+    mapping.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: reports/map-MODEL)"
+    )
+    mapping.set_defaults(handler=_run_map)  # fmt: skip
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="organism", help="hub id, local directory, or 'organism' (default)"
+    )
+    parser.add_argument(
+        "--prompts",
+        required=True,
+        type=Path,
+        help="a .txt (one prompt a line), .jsonl or .json file of prompts",
+    )
+    parser.add_argument(
+        "--field",
+        default="prompt",
+        help="the prompt field in .jsonl/.json records (default: prompt)",
+    )
+    parser.add_argument(
+        "--chat", action="store_true", help="wrap each prompt in the model's chat template"
+    )
+    parser.add_argument(
+        "--target-tokens",
+        type=_target_tokens_argument,
+        default=DEFAULT_TARGET_TOKENS,
+        metavar="{all,all_but_first,N}",
+        help="target positions of each prompt: all, all_but_first (leave out the first "
+        f"token, an attention sink) or the last N (default {DEFAULT_TARGET_TOKENS})",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")  # fmt: skip
+
+
+def _target_tokens_argument(text: str) -> object:
+    try:
+        return check_target_tokens(text)
+    except PowersteerError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _model_and_prompts(args: argparse.Namespace) -> tuple[LanguageModel, list[str]]:
+    """The flags shared by vectors and map: read the prompts, load the model, chat-format."""
+    # Imports torch: not needed for --help.
+    from harness.engine.models import load_model
+
+    prompts = read_prompts(args.prompts, field=args.field)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.chat:
+        prompts = format_chat(lm, prompts)
+    return lm, prompts
+
+
+def _run_vectors(args: argparse.Namespace) -> int:
+    # Imports torch: not needed for --help.
+    from harness.engine.vectors_io import save_vectors
+
+    lm, prompts = _model_and_prompts(args)
+    source = lm.layer(args.source, name="--source")
+    target = lm.layer(args.target, name="--target")
+    result = find_vectors(
+        args.method,
+        lm,
+        prompts,
+        source,
+        target,
+        args.k,
+        seed=args.seed,
+        **_method_options(args),
+    )
+    save_vectors(
+        args.out, result, model=args.model, n_prompts=len(prompts), prompts_file=str(args.prompts)
+    )
+    summary = {
+        "out": str(args.out),
+        "method": result.method,
+        "source": result.source,
+        "target": result.target,
+        "values": [round(float(v), 5) for v in result.values],
+        "forward_passes": result.forward_passes,
+        "wall_time_s": round(result.wall_time_s, 3),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_map(args: argparse.Namespace) -> int:
+    # These import torch: not needed for --help.
+    from harness.engine.sensitivity import next_token_kl, pair_matrix, parse_pairs, sensitivity_map
+    from harness.engine.sensitivity_io import (
+        KL_FILE,
+        STATE_FILE,
+        finished_map,
+        load_state,
+        save_map,
+        save_state,
+    )
+    from harness.evaluation.plots import plot_pair_heatmap
+
+    lm, prompts = _model_and_prompts(args)
+    pairs = parse_pairs(args.pairs, lm.n_layers)
+    out = args.out or Path("reports") / f"map-{Path(str(args.model)).name}"
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model": str(args.model), "prompts": prompts, "pairs": pairs, "k": args.k,
+              "max_iter": args.max_iter, "seed": args.seed, "target_tokens": args.target_tokens,
+              "dtype": args.dtype}  # fmt: skip
+    result = finished_map(out, config)
+    if result is not None:
+        print(f"reusing the finished map in {out}", file=sys.stderr)
+    else:
+        state_path = out / STATE_FILE
+        resume = load_state(state_path, config)
+        if resume is not None:
+            print(f"resuming {state_path} after iteration {resume.iteration}", file=sys.stderr)
+        result = sensitivity_map(
+            lm, prompts, pairs, args.k, max_iter=args.max_iter, seed=args.seed,
+            target_tokens=args.target_tokens, max_rows=args.max_rows, progress=True,
+            resume=resume, checkpoint=lambda state: save_state(state_path, state, config),
+        )  # fmt: skip
+        save_map(out, result, config=config, n_prompts=len(prompts))
+        state_path.unlink(missing_ok=True)
+    plot_pair_heatmap(result.sigma_matrix(0), out / "sigma1_heatmap.png", label="σ₁",
+                      title=f"{args.model}\ntop singular value σ₁ of J(s → t)")  # fmt: skip
+    summary: dict[str, object] = {
+        "out": str(out),
+        "pairs": len(pairs),
+        "converged": sum(result.converged),
+        "forward_passes": result.forward_passes,
+        "wall_time_s": round(result.wall_time_s, 2),
+    }
+    if args.kl_scale is not None:
+        table = next_token_kl(lm, prompts, result, args.kl_scale, max_rows=args.max_rows)
+        table.to_parquet(out / KL_FILE, index=False)
+        matrix = pair_matrix(result.pairs, table["kl"].tolist(), result.n_layers)
+        plot_pair_heatmap(matrix, out / "kl_heatmap.png", label="KL (nats)",
+                          title=f"{args.model}\nnext-token KL, top vector at "
+                                f"±{args.kl_scale:g}× residual norm")  # fmt: skip
+        strongest = table.loc[table["kl"].idxmax()]
+        summary["largest_kl"] = {"pair": f"{int(strongest.source)}:{int(strongest.target)}",
+                                 "kl": round(float(strongest.kl), 4)}  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, object]:
+    info = method_info(args.method)
+    options: dict[str, object] = {
+        name: getattr(args, name) for name in OPTION_FLAGS if info.accepts(name)
+    }
+    if info.shows_progress:
+        options["progress"] = True
+    return options
