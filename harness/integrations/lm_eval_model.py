@@ -38,12 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lm_eval.__main__ import cli_evaluate
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from harness.engine.methods import SteeringVectors
 from harness.engine.models import LanguageModel, load_model
+from harness.engine.safetensors_io import read_header
 from harness.engine.steering import add_to_residual
+from harness.engine.vectors_io import SETS_METADATA_KEY, load_vector_sets, load_vectors
 from harness.errors import PowersteerError
+from harness.evaluation.run_dir import VECTORS_FILE
 
 
 def read_steering_vector(
@@ -60,30 +65,12 @@ def read_steering_vector(
     Defaults come from the run's selection; every mistake is one clear error naming the
     file and the argument.
     """
-    from harness.engine.vectors_io import SETS_METADATA_KEY, load_vector_sets, load_vectors
-
     path = Path(path)
-    file = path / "vectors.safetensors" if path.is_dir() else path
+    file = path / VECTORS_FILE if path.is_dir() else path
     if not file.is_file():
         raise PowersteerError(f"vectors={path}: no such run directory or vector file")
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="pt") as handle:
-        is_run_file = SETS_METADATA_KEY in (handle.metadata() or {})
-    if is_run_file:
-        sets = load_vector_sets(file)
-        if set_name is None:
-            if len(sets) != 1:
-                raise PowersteerError(
-                    f"vectors={file} holds {len(sets)} sets; choose one with set=NAME "
-                    f"(one of: {', '.join(sets)})"
-                )
-            set_name = next(iter(sets))
-        if set_name not in sets:
-            raise PowersteerError(
-                f"set={set_name!r} is not in {file}; use one of: {', '.join(sets)}"
-            )
-        result, metadata = sets[set_name]
+    if SETS_METADATA_KEY in read_header(file):
+        result, metadata = _chosen_set(file, set_name)
     else:
         result, metadata = load_vectors(file)
     selected = metadata.get("selected") or {}
@@ -94,18 +81,39 @@ def read_steering_vector(
     if sign not in (1, -1):
         raise PowersteerError(f"sign={sign} must be 1 or -1")
     if raw_scale is None:
-        unit = metadata.get("scale_unit")
-        if unit is None:
-            raise PowersteerError(
-                f"{file} records no scale unit (it is not from `powersteer run`); "
-                "give raw_scale= (the added vector's length) instead of scale="
-            )
-        if scale is None:
-            if "scale" not in selected:
-                raise PowersteerError(f"{file} records no selected scale; give scale=")
-            scale = float(selected["scale"])
-        raw_scale = float(scale) * float(unit)
+        raw_scale = _length_from_scale(file, metadata, scale)
     return result.vectors[index].float() * sign, result.source, float(raw_scale)
+
+
+def _chosen_set(file: Path, set_name: str | None) -> tuple[SteeringVectors, dict[str, Any]]:
+    """The set ``set_name`` of a run's vector file (the only one when not named)."""
+    sets = load_vector_sets(file)
+    if set_name is None:
+        if len(sets) != 1:
+            raise PowersteerError(
+                f"vectors={file} holds {len(sets)} sets; choose one with set=NAME "
+                f"(one of: {', '.join(sets)})"
+            )
+        set_name = next(iter(sets))
+    if set_name not in sets:
+        raise PowersteerError(f"set={set_name!r} is not in {file}; use one of: {', '.join(sets)}")
+    return sets[set_name]
+
+
+def _length_from_scale(file: Path, metadata: dict[str, Any], scale: float | None) -> float:
+    """``scale`` (default: the selected one) times the run's scale unit."""
+    unit = metadata.get("scale_unit")
+    if unit is None:
+        raise PowersteerError(
+            f"{file} records no scale unit (it is not from `powersteer run`); "
+            "give raw_scale= (the added vector's length) instead of scale="
+        )
+    if scale is None:
+        selected = metadata.get("selected") or {}
+        if "scale" not in selected:
+            raise PowersteerError(f"{file} records no selected scale; give scale=")
+        scale = float(selected["scale"])
+    return float(scale) * float(unit)
 
 
 @register_model("powersteer")
@@ -181,8 +189,6 @@ class SteeredLM(HFLM):
 
 def lm_eval_main(argv: Sequence[str]) -> int:
     """``powersteer lm-eval ARGS``: lm-eval's command line with this model registered."""
-    from lm_eval.__main__ import cli_evaluate
-
     sys.argv = ["lm_eval", *argv]
     cli_evaluate()
     return 0
