@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,16 @@ from harness.evaluation.analysis import (
     selected_table,
 )
 from harness.evaluation.cells import UNSTEERED
+from harness.evaluation.report_tables import (
+    format_capability,
+    format_costs,
+    format_number,
+    format_rates,
+    format_recovered,
+    format_tests,
+    p_value_of,
+    value_with_interval,
+)
 from harness.evaluation.run_dir import (
     HTML_REPORT_FILE,
     REPORT_FILE,
@@ -75,29 +84,39 @@ def build_blocks(
     plots: dict[str, Path] | None = None,
     capability: dict | None = None,
 ) -> list[Block]:
+    """The whole report as blocks, in reading order."""
     plots = plots or {}
-    selected = selected_table(results)
     tests = comparisons(results)
     costs = cost_table(vector_metadata)
     blocks = [
-        Block("heading", f"powersteer report: {manifest.get('model', {}).get('name', '?')}", 1)
+        Block("heading", f"powersteer report: {manifest.get('model', {}).get('name', '?')}", 1),
+        Block("text", _run_line(manifest)),
+        *(Block("text", f"Note: {note}") for note in manifest.get("notes", [])),
+        *_summary_blocks(results, tests, costs, plots),
     ]
-    blocks.append(Block("text", _run_line(manifest)))
-    for note in manifest.get("notes", []):
-        blocks.append(Block("text", f"Note: {note}"))
-    blocks.append(Block("heading", "Summary"))
-    blocks.append(
+    for behavior, rows in results.groupby("behavior", sort=False):
+        blocks.extend(_behavior_blocks(str(behavior), rows, vector_metadata, tests))
+    blocks.extend(_cost_blocks(costs, plots))
+    blocks.extend(_capability_blocks(capability))
+    blocks.extend(_reading_blocks())
+    return blocks
+
+
+def _summary_blocks(
+    results: pd.DataFrame, tests: pd.DataFrame, costs: pd.DataFrame, plots: dict[str, Path]
+) -> list[Block]:
+    selected = selected_table(results)
+    blocks = [
+        Block("heading", "Summary"),
         Block(
             "text",
-            (
-                "Each method at the vector, sign and scale it selected on the select prompts, "
-                "measured on the held-out test prompts. *Effective* success counts an incoherent "
-                "output as a failure; intervals are 95% (Wilson for rates, bootstrap for scores); "
-                "p-values are Holm-corrected over every comparison in this report."
-            ),
-        )
-    )
-    blocks.append(Block("table", summary_table(selected, tests, costs)))
+            "Each method at the vector, sign and scale it selected on the select prompts, "
+            "measured on the held-out test prompts. *Effective* success counts an incoherent "
+            "output as a failure; intervals are 95% (Wilson for rates, bootstrap for scores); "
+            "p-values are Holm-corrected over every comparison in this report.",
+        ),
+        Block("table", summary_table(selected, tests, costs)),
+    ]
     recovered = recovered_fraction(selected)
     if not recovered.empty:
         blocks.append(
@@ -107,57 +126,56 @@ def build_blocks(
                 "over unsteered that each method recovers, at selected scales:",
             )
         )
-        blocks.append(Block("table", _format_recovered(recovered)))
+        blocks.append(Block("table", format_recovered(recovered)))
     if "success_vs_scale" in plots:
         blocks.append(Block("image", plots["success_vs_scale"]))
-
-    for behavior, rows in results.groupby("behavior", sort=False):
-        blocks.extend(_behavior_blocks(str(behavior), rows, vector_metadata, tests))
-
-    blocks.append(Block("heading", "Cost"))
-    blocks.append(
-        Block(
-            "text",
-            (
-                "Measured while finding each method's vectors on the select prompts: model sweeps "
-                "(a forward, tangent-carrying forward or backward pass over the batch counts one), "
-                "and wall time. Ratios are against Power Steering on the same behavior."
-            ),
-        )
-    )
-    if not costs.empty:
-        blocks.append(Block("table", _format_costs(costs)))
-    for name in ("cost", "spectrum"):
-        if name in plots:
-            blocks.append(Block("image", plots[name]))
-    if capability and capability.get("rows"):
-        blocks.append(Block("heading", "Capability cost"))
-        blocks.append(
-            Block(
-                "text",
-                (
-                    "lm-eval tasks scored unsteered and with each method's selected vector, "
-                    f"sign and scale (`powersteer capability`, limit {capability.get('limit')}). "
-                    "Intervals are lm-eval's standard error x 1.96."
-                ),
-            )
-        )
-        blocks.append(Block("table", _format_capability(capability["rows"])))
-    blocks.append(Block("heading", "How to read this"))
-    blocks.append(
-        Block(
-            "text",
-            (
-                "Scales are multiples of the median residual norm at the source block. Coherent: "
-                "the unsteered model gives the completion a mean per-token log-likelihood no more "
-                "than the behavior's `coherence.max_loglik_drop` below the median unsteered "
-                "completion, and at most `coherence.max_repetition` of its trigrams repeat. "
-                "Every rate and interval here is recomputed by `powersteer report RUN_DIR` from "
-                "`results.parquet` (rules: `harness/evaluation/analysis.py`)."
-            ),
-        )
-    )
     return blocks
+
+
+def _cost_blocks(costs: pd.DataFrame, plots: dict[str, Path]) -> list[Block]:
+    blocks = [
+        Block("heading", "Cost"),
+        Block(
+            "text",
+            "Measured while finding each method's vectors on the select prompts: model sweeps "
+            "(a forward, tangent-carrying forward or backward pass over the batch counts one), "
+            "and wall time. Ratios are against Power Steering on the same behavior.",
+        ),
+    ]
+    if not costs.empty:
+        blocks.append(Block("table", format_costs(costs)))
+    blocks.extend(Block("image", plots[name]) for name in ("cost", "spectrum") if name in plots)
+    return blocks
+
+
+def _capability_blocks(capability: dict | None) -> list[Block]:
+    if not capability or not capability.get("rows"):
+        return []
+    return [
+        Block("heading", "Capability cost"),
+        Block(
+            "text",
+            "lm-eval tasks scored unsteered and with each method's selected vector, "
+            f"sign and scale (`powersteer capability`, limit {capability.get('limit')}). "
+            "Intervals are lm-eval's standard error x 1.96.",
+        ),
+        Block("table", format_capability(capability["rows"])),
+    ]
+
+
+def _reading_blocks() -> list[Block]:
+    return [
+        Block("heading", "How to read this"),
+        Block(
+            "text",
+            "Scales are multiples of the median residual norm at the source block. Coherent: "
+            "the unsteered model gives the completion a mean per-token log-likelihood no more "
+            "than the behavior's `coherence.max_loglik_drop` below the median unsteered "
+            "completion, and at most `coherence.max_repetition` of its trigrams repeat. "
+            "Every rate and interval here is recomputed by `powersteer report RUN_DIR` from "
+            "`results.parquet` (rules: `harness/evaluation/analysis.py`).",
+        ),
+    ]
 
 
 def summary_table(selected: pd.DataFrame, tests: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
@@ -167,11 +185,11 @@ def summary_table(selected: pd.DataFrame, tests: pd.DataFrame, costs: pd.DataFra
         record = {
             "behavior": row.behavior,
             "method": row.method,
-            "scale": _number(row.scale, 2),
-            "effective success / score": _value_with_interval(row),
+            "scale": format_number(row.scale, 2),
+            "effective success / score": value_with_interval(row),
             "coherent": f"{row.coherent_fraction:.2f}",
-            "vs unsteered (p)": _p_of(tests, row.behavior, row.method, UNSTEERED),
-            "vs random (p)": _p_of(tests, row.behavior, row.method, "random"),
+            "vs unsteered (p)": p_value_of(tests, row.behavior, row.method, UNSTEERED),
+            "vs random (p)": p_value_of(tests, row.behavior, row.method, "random"),
         }
         cost = (
             costs[(costs.behavior == row.behavior) & (costs.method == row.method)]
@@ -247,17 +265,17 @@ def _behavior_blocks(
                 f"{n_select} select prompts, {n_test} test prompts. "
                 f"Steering at block {some.get('source', '?')}, vectors found for target block "
                 f"{some.get('target', '?')}; scale unit (median residual norm) "
-                f"{_number(some.get('scale_unit'), 3)}."
+                f"{format_number(some.get('scale_unit'), 3)}."
             ),
         )
     )
     rates = rate_table(rows)
     blocks.append(Block("heading", "Rates by scale (test prompts)", 3))
-    blocks.append(Block("table", _format_rates(rates, metric)))
+    blocks.append(Block("table", format_rates(rates, metric)))
     behavior_tests = tests[tests.behavior == behavior] if not tests.empty else tests
     if not behavior_tests.empty:
         blocks.append(Block("heading", "Comparisons at selected scales (test prompts)", 3))
-        blocks.append(Block("table", _format_tests(behavior_tests)))
+        blocks.append(Block("table", format_tests(behavior_tests)))
     blocks.append(Block("heading", "Example generations at selected scales", 3))
     test = rows[rows.split == "test"]
     for method in [UNSTEERED, *sorted(set(test.method) - {UNSTEERED})]:
@@ -274,7 +292,8 @@ def _behavior_blocks(
                 Block(
                     "example",
                     (
-                        f"{METHOD_LABELS.get(method, method)} (scale {_number(example.scale, 2)}, "
+                        f"{METHOD_LABELS.get(method, method)} "
+                        f"(scale {format_number(example.scale, 2)}, "
                         f"{verdict}, {'coherent' if example.coherent else 'incoherent'})\n"
                         f"prompt: {_last_line(example.prompt)}\ncompletion: {example.completion}"
                     ),
@@ -284,120 +303,6 @@ def _behavior_blocks(
 
 
 # --- formatting --------------------------------------------------------------------------------
-
-
-def format_interval(value: float, low: float, high: float, digits: int = 3) -> str:
-    """``0.500 [0.336, 0.664]``: the form every rate and interval takes in the report."""
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _value_with_interval(row: Any) -> str:
-    return format_interval(row.value, row.low, row.high)
-
-
-def _format_rates(rates: pd.DataFrame, metric: str) -> pd.DataFrame:
-    records = []
-    for row in rates.itertuples():
-        record = {"method": row.method, "scale": _number(row.scale, 2), "n": int(row.n)}
-        if metric == "success":
-            record["success [95% CI]"] = format_interval(
-                row.success_rate, row.success_low, row.success_high
-            )
-            record["effective success [95% CI]"] = format_interval(row.value, row.low, row.high)
-            record["coherent"] = f"{row.coherent_fraction:.3f}"
-            record["success among coherent [95% CI]"] = (
-                format_interval(
-                    row.success_given_coherent, row.given_coherent_low, row.given_coherent_high
-                )
-                if row.n_coherent
-                else "no coherent output"
-            )
-        else:
-            record["mean score [95% CI]"] = format_interval(row.value, row.low, row.high)
-            record["coherent"] = f"{row.coherent_fraction:.3f}"
-        record["log-lik/token"] = f"{row.mean_loglik:.2f}"
-        record["repetition"] = f"{row.mean_repetition:.2f}"
-        records.append(record)
-    return pd.DataFrame.from_records(records)
-
-
-def _format_tests(tests: pd.DataFrame) -> pd.DataFrame:
-    records = []
-    for row in tests.itertuples():
-        record = {
-            "A": row.a,
-            "B": row.b,
-            "scales": f"{_number(row.scale_a, 2)} / {_number(row.scale_b, 2)}",
-            "n": int(row.n),
-            "test": row.test,
-        }
-        if row.test == "exact McNemar":
-            record["A − B"] = f"{row.effect:+.3f}"
-            record["only A / only B"] = f"{int(row.a_only)} / {int(row.b_only)}"
-        else:
-            record["A − B"] = format_interval(row.effect, row.effect_low, row.effect_high)
-            record["only A / only B"] = ""
-        record["p"] = f"{row.p:.2g}"
-        record["p (Holm)"] = f"{row.p_holm:.2g}"
-        records.append(record)
-    return pd.DataFrame.from_records(records)
-
-
-def _format_costs(costs: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame.from_records(
-        [
-            {
-                "behavior": row.behavior,
-                "method": row.method,
-                "k": int(row.k),
-                "model sweeps": int(row.forward_passes),
-                "× power": _number(row.forward_passes_vs_power, 1),
-                "wall s": f"{row.wall_time_s:.1f}",
-                "× power ": _number(row.wall_time_s_vs_power, 1),
-                "converged": ""
-                if row.converged is None or _nan(row.converged)
-                else str(bool(row.converged)),
-            }
-            for row in costs.itertuples()
-        ]
-    )
-
-
-def _format_capability(rows: list[dict]) -> pd.DataFrame:
-    base = {(r["task"], r["metric"]): r["value"] for r in rows if r["method"] == UNSTEERED}
-    records = []
-    for r in rows:
-        half = 1.96 * r["stderr"] if r.get("stderr") is not None else math.nan
-        records.append(
-            {
-                "task": r["task"],
-                "metric": r["metric"],
-                "behavior": r["behavior"] or "–",
-                "method": r["method"],
-                "scale": _number(r["scale"], 2),
-                "score [95% CI]": format_interval(r["value"], r["value"] - half, r["value"] + half)
-                if not math.isnan(half)
-                else f"{r['value']:.3f}",
-                "vs unsteered": f"{r['value'] - base.get((r['task'], r['metric']), math.nan):+.3f}",
-            }
-        )
-    return pd.DataFrame.from_records(records)
-
-
-def _format_recovered(recovered: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame.from_records(
-        [
-            {"behavior": row.behavior, "method": row.method, "recovered": _number(row.recovered, 2)}
-            for row in recovered.itertuples()
-        ]
-    )
-
-
-def _p_of(tests: pd.DataFrame, behavior: str, a: str, b: str) -> str:
-    if tests.empty:
-        return ""
-    hit = tests[(tests.behavior == behavior) & (tests.a == a) & (tests.b == b)]
-    return f"{hit['p_holm'].iloc[0]:.2g}" if len(hit) else ""
 
 
 def _run_line(manifest: dict) -> str:
@@ -413,16 +318,6 @@ def _run_line(manifest: dict) -> str:
     if "wall_time_s" in manifest:
         parts.append(f"wall time {manifest['wall_time_s']:.0f} s")
     return ", ".join(parts) + "."
-
-
-def _number(value: Any, digits: int) -> str:
-    if value is None or _nan(value):
-        return "–"
-    return f"{float(value):.{digits}f}".rstrip("0").rstrip(".") if digits else str(value)
-
-
-def _nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
 
 
 def _last_line(prompt: str) -> str:
