@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,7 @@ from harness.engine.methods import find_vectors
 from harness.engine.prompts import encode_prompts, format_chat
 from harness.engine.steering import run_to_block
 from harness.errors import PowersteerError
+from harness.evaluation.analysis import select_cells
 from harness.evaluation.behaviors import load_behavior
 from harness.evaluation.cache import ResultCache
 from harness.evaluation.pipeline import rescore, run
@@ -165,18 +167,63 @@ def test_mcnemar_rows_match_the_paired_outcomes(finished_run):
         assert row["p"] == f"{p_value:.2g}"
 
 
-def test_selection_uses_select_prompts_only(tmp_path, organism, finished_run):
-    """Changing the test prompts' outcomes must not move the selection."""
+def test_selection_uses_select_prompts_only(tmp_path, finished_run, monkeypatch):
+    """Held-out outcomes turned against the selection leave it where it is; the select
+    prompts' outcomes turned over move it (so the test can fail)."""
+    name = "organism_anti_refusal"
     results = pd.read_parquet(finished_run.run_dir / "results.parquet")
-    from harness.evaluation.analysis import select_cells
+    mine = results[results.behavior == name]
+    recorded = _selected_cells(mine)
+    select = mine[mine.split == "select"]
+    assert recorded == {
+        m: (c.vector, c.sign, c.scale) for m, c in select_cells(select, "success").items()
+    }
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for file in ("results.parquet", "vectors.safetensors", "manifest.json"):
+        shutil.copy(finished_run.run_dir / file, run_dir / file)
+    behavior = small_behavior(tmp_path, "anti_refusal")
+    score_generations = harness.evaluation.pipeline.score_generations
 
-    select = results[(results.split == "select") & (results.behavior == "organism_anti_refusal")]
-    chosen = select_cells(select, "success")
-    recorded = results[
-        (results.behavior == "organism_anti_refusal") & (results.method != "unsteered")
-    ]
-    for method, cell in chosen.items():
-        assert recorded[recorded.method == method].selected_scale.iloc[0] == cell.scale
+    def rescored(outcomes) -> pd.DataFrame:
+        """Rescore the run with the behavior's scorer, then ``outcomes(rows)`` as success."""
+
+        def score_then_change(scorer, rows, prompt_rows):
+            score_generations(scorer, rows, prompt_rows)
+            rows["success"] = outcomes(rows)
+
+        monkeypatch.setattr(harness.evaluation.pipeline, "score_generations", score_then_change)
+        rescore(run_dir, behavior)
+        after = pd.read_parquet(run_dir / "results.parquet")
+        return after[after.behavior == name]
+
+    def against_the_selection(rows: pd.DataFrame) -> pd.Series:
+        # Held out, every selected scale fails on every prompt and every other scale succeeds.
+        held_out = (rows.split == "test") & (rows.method != "unsteered")
+        chosen = rows.method.map({m: cell[2] for m, cell in recorded.items()})
+        return rows.success.astype(bool).where(~held_out, rows.scale != chosen)
+
+    turned = rescored(against_the_selection)
+    assert _selected_cells(turned) == recorded
+    held_out = (turned.split == "test") & (turned.method != "unsteered")
+    at_selection = turned.scale == turned.selected_scale
+    assert not turned.success[held_out & at_selection].any()
+    assert turned.success[held_out & ~at_selection].all()
+
+    def select_turned_over(rows: pd.DataFrame) -> pd.Series:
+        success = rows.success.astype(bool)
+        return success.where(rows.split != "select", ~success)
+
+    assert _selected_cells(rescored(select_turned_over)) != recorded
+
+
+def _selected_cells(rows: pd.DataFrame) -> dict[str, tuple[int, int, float]]:
+    """Each method's selected (vector, sign, scale) as the results record it."""
+    chosen = rows[(rows.method != "unsteered") & rows.selected.astype(bool)]
+    first = chosen.groupby("method")[["vector", "sign", "selected_scale"]].first()
+    return {
+        str(m): (int(r.vector), int(r.sign), float(r.selected_scale)) for m, r in first.iterrows()
+    }
 
 
 def test_interrupted_run_resumes_without_recomputing_finished_cells(
