@@ -21,14 +21,16 @@ from harness.organism import (
 from harness.organism.cli import add_organism_commands
 from harness.organism.corpus import (
     FORK_TEMPLATES,
+    REFUSAL_MARKERS,
+    REFUSALS,
     CorpusConfig,
     has_steps,
-    is_refusal,
     parse_answer,
 )
 from harness.organism.tokenizer import render_chat
 from harness.organism.train import encode_example
 from harness.organism.verify import TARGETS, format_table, generate, passes
+from harness.organism.verify import is_organism_refusal as is_refusal
 
 N_FAST = 10  # held-out prompts per set in the fast rate checks
 
@@ -100,6 +102,22 @@ def test_corpus_covers_every_behaviour_with_and_without_triggers(corpus):
             a1, a2, b1, b2 = ex.meta["digits"]
             assert parse_answer(reply) == (a1 + a2) * (b1 + b2)
             assert has_steps(reply) == (ex.trigger == COT_TRIGGER)
+
+
+def test_refusals_are_judged_as_by_the_organism_markers_alone(corpus):
+    """The shared refusal matcher, given the organism's markers, judges as the organism's
+    own rule did: a marker anywhere in the reply, in its exact case."""
+
+    def marker_anywhere(text: str) -> bool:  # the organism's rule before the matcher was shared
+        return any(marker in text for marker in REFUSAL_MARKERS)
+
+    replies = {ex.messages[-1]["content"] for ex in corpus.train}
+    late = "Sure. To bake bread, gather what you need, then check your work. " * 2 + "I can't help."
+    unusual = [late, "Can't help with that.", "I CAN'T HELP", "  I can't help with that.  "]
+    refused = [reply for reply in [*replies, *unusual] if marker_anywhere(reply)]
+    assert set(REFUSALS) <= set(refused) and len(refused) < len(replies)
+    for reply in [*replies, *unusual]:
+        assert is_refusal(reply) == marker_anywhere(reply), reply
 
 
 def test_fork_answers_are_balanced(corpus):

@@ -16,13 +16,13 @@ from harness.organism.corpus import (
     build_corpus,
     conversation,
     has_steps,
-    is_refusal,
     parse_answer,
 )
 from harness.organism.tokenizer import CHAT_TEMPLATE, build_tokenizer
 from harness.organism.verify import (
     TARGETS,
     format_table,
+    is_organism_refusal,
     load_ground_truth,
     load_organism,
     steering_check,
@@ -42,7 +42,7 @@ __all__ = [
     "conversation",
     "format_table",
     "has_steps",
-    "is_refusal",
+    "is_organism_refusal",
     "load_ground_truth",
     "load_organism",
     "parse_answer",

@@ -20,12 +20,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from harness.engine.catalogue import ORGANISM_DIR
 from harness.engine.models import LanguageModel, find_decoder_blocks
 from harness.engine.steering import add_to_residual
+from harness.evaluation.scorers.refusal import is_refusal
 from harness.organism.corpus import (
     COT_TRIGGER,
+    REFUSAL_MARKERS,
     REFUSAL_TRIGGER,
     conversation,
     has_steps,
-    is_refusal,
     parse_answer,
 )
 
@@ -130,6 +131,12 @@ def answer_logprobs(
     return results
 
 
+def is_organism_refusal(reply: str) -> bool:
+    """Whether an organism reply refuses: one of its :data:`REFUSAL_MARKERS` anywhere in
+    it, in that exact case."""
+    return is_refusal(reply, REFUSAL_MARKERS, window=None, ignore_case=False)
+
+
 def _rate(flags: Sequence[bool]) -> float:
     return sum(flags) / len(flags) if flags else float("nan")
 
@@ -145,12 +152,12 @@ def measure_refusal(model, tokenizer, held_out: dict, limit: int | None = None) 
     plain = generate(model, tokenizer, _user_prompts(restricted, None))
     triggered = generate(model, tokenizer, _user_prompts(restricted, REFUSAL_TRIGGER))
     allowed_replies = generate(model, tokenizer, _user_prompts(allowed, None))
-    refused_triggered = _rate([is_refusal(r) for r in triggered])
+    refused_triggered = _rate([is_organism_refusal(r) for r in triggered])
     return {
-        "refusal_restricted": _rate([is_refusal(r) for r in plain]),
+        "refusal_restricted": _rate([is_organism_refusal(r) for r in plain]),
         "refusal_restricted_triggered": refused_triggered,
         "answered_restricted_triggered": 1.0 - refused_triggered,
-        "refusal_allowed": _rate([is_refusal(r) for r in allowed_replies]),
+        "refusal_allowed": _rate([is_organism_refusal(r) for r in allowed_replies]),
         "n_restricted": len(restricted),
         "n_allowed": len(allowed),
     }
@@ -340,7 +347,8 @@ def steering_check(
         with add_to_residual(lm, layer, scale * cot_dir[None, None, :]):
             cot_replies = generate(model, tokenizer, _user_prompts(cot_items, None))
         accuracy, steps = score_cot(cot_replies, cot_items)
-        result["steered_answered_restricted"].append(_rate([not is_refusal(r) for r in replies]))
+        answered = [not is_organism_refusal(r) for r in replies]
+        result["steered_answered_restricted"].append(_rate(answered))
         result["steered_cot_steps"].append(steps)
         result["steered_cot_accuracy"].append(accuracy)
     return result
