@@ -45,11 +45,13 @@ def main() -> None:
     print(f"model: random Qwen3, {args.layers} blocks, d_model={args.d_model}; k={args.k}; "
           f"{len(prompts)} prompts; threads={torch.get_num_threads()}")  # fmt: skip
 
-    shared = sensitivity_map(lm, prompts, k=args.k, max_iter=args.max_iter, progress=True)
+    shared = sensitivity_map(lm, prompts, num_vectors=args.k, max_iter=args.max_iter, progress=True)
     started = time.perf_counter()
     sweeps, prompt_sweeps, worst = 0, 0.0, 0.0
     for index, (source, target) in enumerate(shared.pairs):
-        single = power_steering(lm, prompts, source, target, k=args.k, max_iter=args.max_iter)
+        single = power_steering(
+            lm, prompts, source, target, num_vectors=args.k, max_iter=args.max_iter
+        )
         sweeps += single.forward_passes
         prompt_sweeps += single.prompt_passes
         difference = (shared.singular_values[index] - single.singular_values).abs()

@@ -78,7 +78,7 @@ def main() -> None:
     counter = FlopCounterMode(display=False)
     started = time.perf_counter()
     with counter:
-        result = sensitivity_map(lm, [prompt], k=args.k, max_iter=args.max_iter,
+        result = sensitivity_map(lm, [prompt], num_vectors=args.k, max_iter=args.max_iter,
                                  max_rows=args.max_rows, progress=True)  # fmt: skip
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -167,7 +167,7 @@ def main() -> None:
           f"({timings['JVP, double VJP'] / timings['JVP, forward mode']:.2f}x "
           "double-VJP / forward-mode time)")  # fmt: skip
 
-    power = power_steering(lm, PROMPTS, source, target, k=k)
+    power = power_steering(lm, PROMPTS, source, target, num_vectors=k)
     learned = melbo(lm, PROMPTS, source, target, num_vectors=k, steps=args.melbo_steps)
     print(f"\nFinding k={k} vectors:")
     print(f"  {'method':8s} {'wall s':>9s} {'passes':>8s} {'prompt-set passes':>18s}")

@@ -77,12 +77,12 @@ def main() -> None:
         found, diagnostic = torch.load(args.vectors, weights_only=False)
     else:
         found = {
-            choice: power_steering(lm, select, source, target, k=args.k,
+            choice: power_steering(lm, select, source, target, num_vectors=args.k,
                                    target_tokens=choice, max_iter=args.max_iter)
             for choice in choices
         }  # fmt: skip
         diagnostic = power_steering(
-            lm, first_only, source, target, k=args.k, max_iter=args.max_iter
+            lm, first_only, source, target, num_vectors=args.k, max_iter=args.max_iter
         )
         if args.vectors is not None:
             torch.save((found, diagnostic), args.vectors)

@@ -49,7 +49,7 @@ def task_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_vectors(tmp_path_factory, organism) -> Path:
     prompts = [row for row in FORKS.read_text().splitlines()][:4]
-    result = find_vectors("random", organism, prompts, 1, 4, k=2, seed=3)
+    result = find_vectors("random", organism, prompts, 1, 4, num_vectors=2, seed=3)
     path = tmp_path_factory.mktemp("run") / "vectors.safetensors"
     save_vector_sets(
         path,
@@ -144,7 +144,7 @@ def test_bad_vector_arguments_are_clear_errors(run_vectors, kwargs, message):
 
 
 def test_a_plain_vector_file_needs_raw_scale(tmp_path, organism):
-    result = find_vectors("random", organism, ["a"], 1, 4, k=1)
+    result = find_vectors("random", organism, ["a"], 1, 4, num_vectors=1)
     path = save_vectors(tmp_path / "v.safetensors", result)
     with pytest.raises(PowersteerError, match="give raw_scale="):
         read_steering_vector(path, scale=1.0)

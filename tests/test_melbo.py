@@ -87,7 +87,7 @@ def test_at_small_radius_first_vector_is_the_top_singular_vector(qwen3_tiny):
     small = melbo(
         qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=1, radius=1e-3, steps=150, lr=1e-4
     )
-    power = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=1)
+    power = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=1)
     assert abs(float(small.vectors[0] @ power.vectors[0])) > 0.9
 
 

@@ -23,7 +23,7 @@ def test_top_k_matches_exact_svd(any_tiny_model):
     exact = exact_jacobian(lm, PROMPTS, SOURCE, TARGET)
     singular_values = torch.linalg.svdvals(exact)
     k = gap_index(singular_values, range(1, 7))
-    result = power_steering(lm, PROMPTS, SOURCE, TARGET, k=k)
+    result = power_steering(lm, PROMPTS, SOURCE, TARGET, num_vectors=k)
 
     assert result.converged and result.iterations <= 15
     relative = (result.singular_values.double() - singular_values[:k]).abs() / singular_values[:k]
@@ -33,7 +33,7 @@ def test_top_k_matches_exact_svd(any_tiny_model):
 
 
 def test_vectors_are_unit_float32_rows_on_cpu_sorted_by_singular_value(qwen3_tiny):
-    result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=4)
+    result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=4)
     assert result.vectors.shape == (4, qwen3_tiny.d_model)
     assert result.vectors.dtype == torch.float32 and result.vectors.device.type == "cpu"
     gram = result.vectors @ result.vectors.T
@@ -43,7 +43,7 @@ def test_vectors_are_unit_float32_rows_on_cpu_sorted_by_singular_value(qwen3_tin
 
 def test_cost_counts_every_pass(qwen3_tiny):
     with count_passes(qwen3_tiny, SOURCE) as counted:
-        result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, oversample=2)
+        result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=2, oversample=2)
     assert result.forward_passes == counted.total  # the sweeps the model really ran
     # one JVP per iteration, one backward between iterations, one forward to build the graph;
     # the JVPs and backwards carry the block of 4, the forward one copy of the prompts
@@ -55,27 +55,29 @@ def test_cost_counts_every_pass(qwen3_tiny):
 @pytest.mark.parametrize("options", [{"jvp_mode": "double_vjp"}, {"max_rows": 3}])
 def test_cost_counts_every_pass_of_the_fallback_and_split_passes(qwen3_tiny, options):
     with count_passes(qwen3_tiny, SOURCE) as counted:
-        result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, oversample=2, **options)
+        result = power_steering(
+            qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=2, oversample=2, **options
+        )
     assert counted.backward > 0
     assert result.forward_passes == counted.total
 
 
 def test_reports_when_it_did_not_converge(qwen3_tiny):
     with pytest.warns(UserWarning, match="did not converge"):
-        result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, max_iter=2)
+        result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=2, max_iter=2)
     assert result.converged is False and result.iterations == 2
 
 
 def test_same_seed_same_vectors(qwen3_tiny):
-    first = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, seed=3)
-    second = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, seed=3)
+    first = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=2, seed=3)
+    second = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=2, seed=3)
     assert torch.equal(first.vectors, second.vectors)
 
 
 @pytest.mark.parametrize("k", [0, 33])
 def test_k_outside_one_to_d_model_is_refused(qwen3_tiny, k):
     with pytest.raises(PowersteerError, match="d_model=32"):
-        power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=k)
+        power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=k)
 
 
 def test_unknown_method_is_refused_with_the_known_ones(qwen3_tiny):
@@ -84,6 +86,6 @@ def test_unknown_method_is_refused_with_the_known_ones(qwen3_tiny):
 
 
 def test_registry_runs_power_steering(qwen3_tiny):
-    direct = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, k=2, seed=5)
+    direct = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=2, seed=5)
     via_registry = find_vectors("power", qwen3_tiny, PROMPTS, SOURCE, TARGET, 2, seed=5)
     assert torch.equal(direct.vectors, via_registry.vectors)

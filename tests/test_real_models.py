@@ -137,7 +137,7 @@ def test_power_steering_finds_the_top_singular_values(real_model, exact):
     # The k in 2..4 with the widest gap below it converges fastest.
     k = max(range(2, 5), key=lambda j: float(singular_values[j - 1] / singular_values[j]))
     result = power_steering(
-        real_model, PROMPTS, SOURCE, TARGET, k=k, target_tokens=TARGET_TOKENS, max_iter=40
+        real_model, PROMPTS, SOURCE, TARGET, num_vectors=k, target_tokens=TARGET_TOKENS, max_iter=40
     )
     relative = (result.singular_values.double() - singular_values[:k]).abs() / singular_values[:k]
     print(
@@ -170,7 +170,9 @@ def test_all_token_power_steering_finds_the_first_position_and_all_but_first_doe
     first = first[jacobian.batch.target_mask].cpu()  # per stacked target position
 
     def energy(choice):
-        found = power_steering(lm, PROMPTS, 0.25, 0.5, k=1, target_tokens=choice, max_iter=20)
+        found = power_steering(
+            lm, PROMPTS, 0.25, 0.5, num_vectors=1, target_tokens=choice, max_iter=20
+        )
         image = jacobian.jvp(found.vectors).reshape(-1, lm.d_model)
         per_position = image.double().pow(2).sum(-1).cpu()
         return float(per_position[first].sum()), float(per_position[~first].sum())

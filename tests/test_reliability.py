@@ -252,7 +252,7 @@ def test_no_wait_on_a_directory_in_use_is_one_clear_error(tmp_path, organism):
 
 @pytest.fixture(scope="module")
 def tiny_map(qwen3_tiny):
-    return sensitivity_map(qwen3_tiny, PROMPTS, [(0, 2), (1, 3)], k=2)
+    return sensitivity_map(qwen3_tiny, PROMPTS, [(0, 2), (1, 3)], num_vectors=2)
 
 
 class Interrupted(Exception):
@@ -266,7 +266,9 @@ def _state_after_two(qwen3_tiny, path: Path, config: dict) -> None:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        sensitivity_map(qwen3_tiny, PROMPTS, [(0, 2), (1, 3)], k=2, checkpoint=save_then_die)
+        sensitivity_map(
+            qwen3_tiny, PROMPTS, [(0, 2), (1, 3)], num_vectors=2, checkpoint=save_then_die
+        )
 
 
 @pytest.mark.parametrize("garbage", ["finite", "nan", "truncated"])
@@ -285,7 +287,7 @@ def test_a_damaged_map_state_is_discarded_and_the_map_starts_afresh(
     with pytest.warns(PowersteerWarning, match="cannot resume from it"):
         assert load_state(path, config) is None
     assert not path.exists()
-    fresh = sensitivity_map(qwen3_tiny, PROMPTS, [(0, 2), (1, 3)], k=2)
+    fresh = sensitivity_map(qwen3_tiny, PROMPTS, [(0, 2), (1, 3)], num_vectors=2)
     assert torch.allclose(fresh.singular_values, tiny_map.singular_values, rtol=1e-6)
 
 

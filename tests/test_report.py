@@ -193,9 +193,9 @@ def hand_built_run() -> pd.DataFrame:
 
 
 METADATA = {
-    "b/power": {"k": 2, "forward_passes": 20, "prompt_passes": 41.0, "wall_time_s": 2.0,
+    "b/power": {"num_vectors": 2, "forward_passes": 20, "prompt_passes": 41.0, "wall_time_s": 2.0,
                 "iterations": 10, "converged": True, "source": 1, "target": 3, "scale_unit": 4.5},
-    "b/melbo": {"k": 2, "forward_passes": 50, "prompt_passes": 50.0, "wall_time_s": 3.0,
+    "b/melbo": {"num_vectors": 2, "forward_passes": 50, "prompt_passes": 50.0, "wall_time_s": 3.0,
                 "iterations": 100, "converged": None},
 }  # fmt: skip
 

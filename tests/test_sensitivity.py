@@ -19,14 +19,14 @@ from harness.testing.tiny_models import tiny_model
 
 @pytest.fixture(scope="module")
 def tiny_map(qwen3_tiny):
-    return sensitivity_map(qwen3_tiny, PROMPTS, k=2)
+    return sensitivity_map(qwen3_tiny, PROMPTS, num_vectors=2)
 
 
 def test_every_pair_matches_per_pair_power_steering(qwen3_tiny, tiny_map):
     assert tiny_map.pairs == all_pairs(4)
     per_pair_passes = 0
     for index, (source, target) in enumerate(tiny_map.pairs):
-        single = power_steering(qwen3_tiny, PROMPTS, source, target, k=2)
+        single = power_steering(qwen3_tiny, PROMPTS, source, target, num_vectors=2)
         per_pair_passes += single.forward_passes
         relative = (tiny_map.singular_values[index] - single.singular_values).abs()
         assert float((relative / single.singular_values).max()) < 1e-4
@@ -39,7 +39,7 @@ def test_every_pair_matches_per_pair_power_steering(qwen3_tiny, tiny_map):
 
 def test_splitting_passes_by_max_rows_changes_only_the_sweep_count(qwen3_tiny, tiny_map):
     # 6 rows per pass: two vectors of a block of 6, so every source and target splits.
-    split = sensitivity_map(qwen3_tiny, PROMPTS, k=2, max_rows=2 * len(PROMPTS))
+    split = sensitivity_map(qwen3_tiny, PROMPTS, num_vectors=2, max_rows=2 * len(PROMPTS))
     assert torch.allclose(split.singular_values, tiny_map.singular_values, rtol=1e-5)
     assert torch.allclose(split.vectors.abs(), tiny_map.vectors.abs(), atol=1e-4)
     assert split.iterations == tiny_map.iterations
@@ -84,7 +84,7 @@ def test_running_out_of_memory_halves_the_rows_per_pass_with_the_same_result(
     limit = 4 * len(PROMPTS)  # source 0 needs 3 pairs x 6 vectors x 3 prompts = 54 rows
     ran = _memory_for_rows(limit, monkeypatch)
     with pytest.warns(UserWarning, match="out of memory with up to 54 rows per pass"):
-        result = sensitivity_map(qwen3_tiny, PROMPTS, k=2)
+        result = sensitivity_map(qwen3_tiny, PROMPTS, num_vectors=2)
     assert torch.allclose(result.singular_values, tiny_map.singular_values, rtol=1e-5)
     assert max(ran) <= limit
     assert result.options["max_rows"] <= limit
@@ -95,7 +95,7 @@ def test_when_one_copy_of_the_prompts_does_not_fit_the_error_says_what_to_do(
 ):
     _memory_for_rows(len(PROMPTS) - 1, monkeypatch)
     with pytest.warns(UserWarning), pytest.raises(PowersteerError, match="fewer or shorter"):
-        sensitivity_map(qwen3_tiny, PROMPTS, [(0, 2)], k=2)
+        sensitivity_map(qwen3_tiny, PROMPTS, [(0, 2)], num_vectors=2)
 
 
 def test_bfloat16_map_keeps_the_iteration_in_float32_and_stays_close():
@@ -105,8 +105,8 @@ def test_bfloat16_map_keeps_the_iteration_in_float32_and_stays_close():
     exact = tiny_model("qwen3", dtype=torch.float32)
     reduced = tiny_model("qwen3", dtype=torch.bfloat16)
     pairs = [(0, 2), (1, 3)]
-    reference = sensitivity_map(exact, PROMPTS, pairs, k=2)
-    approximate = sensitivity_map(reduced, PROMPTS, pairs, k=2)
+    reference = sensitivity_map(exact, PROMPTS, pairs, num_vectors=2)
+    approximate = sensitivity_map(reduced, PROMPTS, pairs, num_vectors=2)
     assert approximate.singular_values.dtype == torch.float32
     assert torch.allclose(approximate.singular_values, reference.singular_values, rtol=0.01)
     overlap = (approximate.vectors[:, 0] * reference.vectors[:, 0]).sum(-1).abs()
@@ -169,10 +169,10 @@ def test_interrupted_map_resumes_to_the_same_result(tmp_path, qwen3_tiny, tiny_m
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        sensitivity_map(qwen3_tiny, PROMPTS, k=2, checkpoint=save_then_die_after_two)
+        sensitivity_map(qwen3_tiny, PROMPTS, num_vectors=2, checkpoint=save_then_die_after_two)
     resume = load_state(state_path, config)
     assert resume.iteration == 2
-    resumed = sensitivity_map(qwen3_tiny, PROMPTS, k=2, resume=resume)
+    resumed = sensitivity_map(qwen3_tiny, PROMPTS, num_vectors=2, resume=resume)
     assert torch.allclose(resumed.singular_values, tiny_map.singular_values, rtol=1e-6)
     assert resumed.iterations == tiny_map.iterations
     assert resumed.forward_passes == tiny_map.forward_passes  # nothing recomputed

@@ -50,7 +50,14 @@ def test_power_steering_all_but_first_finds_the_exact_top_singular_values(qwen3_
     exact = exact_without_first_position(qwen3_tiny, PROMPTS, 0, 2)
     expected = torch.linalg.svdvals(exact)[:3]
     result = power_steering(
-        qwen3_tiny, PROMPTS, 0, 2, k=3, target_tokens="all_but_first", max_iter=100, tol=1e-6
+        qwen3_tiny,
+        PROMPTS,
+        0,
+        2,
+        num_vectors=3,
+        target_tokens="all_but_first",
+        max_iter=100,
+        tol=1e-6,
     )
     assert torch.allclose(result.singular_values.double(), expected, rtol=1e-4)
     assert result.options["target_tokens"] == "all_but_first"
@@ -97,8 +104,10 @@ def test_a_default_run_steers_with_vectors_found_without_the_first_position(tmp_
 def test_melbo_and_the_map_pass_the_mode_through(qwen3_tiny):
     found = melbo(qwen3_tiny, PROMPTS, 0, 2, num_vectors=1, steps=2, target_tokens="all_but_first")
     assert found.options["target_tokens"] == "all_but_first"
-    mapped = sensitivity_map(qwen3_tiny, PROMPTS, [(0, 2)], k=2, target_tokens="all_but_first")
-    single = power_steering(qwen3_tiny, PROMPTS, 0, 2, k=2, target_tokens="all_but_first")
+    mapped = sensitivity_map(
+        qwen3_tiny, PROMPTS, [(0, 2)], num_vectors=2, target_tokens="all_but_first"
+    )
+    single = power_steering(qwen3_tiny, PROMPTS, 0, 2, num_vectors=2, target_tokens="all_but_first")
     assert torch.allclose(mapped.singular_values[0], single.singular_values, rtol=1e-6)
 
 

@@ -9,7 +9,7 @@ from harness import PowersteerError, load_vectors, random_directions, save_vecto
 
 
 def test_round_trip_keeps_vectors_values_and_metadata(tmp_path, qwen3_tiny):
-    result = random_directions(qwen3_tiny, 0, 2, k=3, seed=7)
+    result = random_directions(qwen3_tiny, 0, 2, num_vectors=3, seed=7)
     path = save_vectors(tmp_path / "v.safetensors", result, model="tiny-qwen3")
     loaded, metadata = load_vectors(path)
     assert torch.equal(loaded.vectors, result.vectors)
@@ -19,10 +19,14 @@ def test_round_trip_keeps_vectors_values_and_metadata(tmp_path, qwen3_tiny):
 
 
 def test_random_directions_are_orthonormal_and_seeded(qwen3_tiny):
-    first = random_directions(qwen3_tiny, 0, 2, k=5, seed=1)
+    first = random_directions(qwen3_tiny, 0, 2, num_vectors=5, seed=1)
     assert torch.allclose(first.vectors @ first.vectors.T, torch.eye(5), atol=1e-6)
-    assert torch.equal(first.vectors, random_directions(qwen3_tiny, 0, 2, k=5, seed=1).vectors)
-    assert not torch.equal(first.vectors, random_directions(qwen3_tiny, 0, 2, k=5, seed=2).vectors)
+    assert torch.equal(
+        first.vectors, random_directions(qwen3_tiny, 0, 2, num_vectors=5, seed=1).vectors
+    )
+    assert not torch.equal(
+        first.vectors, random_directions(qwen3_tiny, 0, 2, num_vectors=5, seed=2).vectors
+    )
 
 
 def test_missing_and_foreign_files_are_clear_errors(tmp_path):

@@ -156,7 +156,7 @@ def sensitivity_map(
     lm: LanguageModel,
     prompts: Sequence[str],
     pairs: Sequence[Pair] | None = None,
-    k: int = 4,
+    num_vectors: int = 4,
     *,
     max_iter: int = 15,
     tol: float = 1e-3,
@@ -183,8 +183,9 @@ def sensitivity_map(
     """
     started = time.perf_counter()
     d_model = lm.d_model
+    k = num_vectors
     if not 1 <= k <= d_model:
-        raise PowersteerError(f"k={k} must be in 1..d_model={d_model}")
+        raise PowersteerError(f"num_vectors={k} must be in 1..d_model={d_model}")
     pairs = list(all_pairs(lm.n_layers) if pairs is None else pairs)
     if not pairs:
         raise PowersteerError("no layer pairs to map; the model needs at least two blocks")
@@ -247,7 +248,7 @@ def sensitivity_map(
         forward_passes=state.passes.sweeps,
         prompt_passes=state.passes.prompt_sweeps,
         wall_time_s=(resume.elapsed_s if resume else 0.0) + time.perf_counter() - started,
-        options={"k": k, "max_iter": max_iter, "tol": tol, "seed": seed,
+        options={"num_vectors": k, "max_iter": max_iter, "tol": tol, "seed": seed,
                  "target_tokens": target_tokens, "oversample": oversample,
                  "max_rows": max_rows},
     )  # fmt: skip

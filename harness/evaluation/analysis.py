@@ -196,7 +196,7 @@ def cost_table(vector_metadata: dict[str, dict]) -> pd.DataFrame:
             {
                 "behavior": behavior,
                 "method": method,
-                "k": meta["k"],
+                "num_vectors": meta["num_vectors"],
                 "forward_passes": meta["forward_passes"],
                 "prompt_passes": meta["prompt_passes"],
                 "wall_time_s": meta["wall_time_s"],

@@ -74,7 +74,7 @@ def format_costs(costs: pd.DataFrame) -> pd.DataFrame:
             {
                 "behavior": row.behavior,
                 "method": row.method,
-                "k": int(row.k),
+                "vectors": int(row.num_vectors),
                 "model sweeps": int(row.forward_passes),
                 "× power": format_number(row.forward_passes_vs_power, 1),
                 "wall s": f"{row.wall_time_s:.1f}",

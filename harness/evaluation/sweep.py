@@ -80,7 +80,7 @@ def sweep_behavior(
     select_cells_list = [UNSTEERED_CELL] + [
         Cell(method, index, sign, scale)
         for method, result in vectors.items()
-        for index in range(result.k)
+        for index in range(result.num_vectors)
         for sign in (1, -1)
         for scale in scales
     ]
@@ -143,7 +143,7 @@ def _method_vectors(
     if info.accepts("target_tokens") and steering.target_tokens is not None:
         options.setdefault("target_tokens", steering.target_tokens)
     prompts = prepared.split_prompts("select")
-    k = 1 if info.supervised else steering.num_vectors
+    num_vectors = 1 if info.supervised else steering.num_vectors
     key = content_key(
         kind="vectors",
         model=fingerprint,
@@ -152,7 +152,7 @@ def _method_vectors(
         contrast=prepared.contrast if info.supervised else None,
         source=prepared.source,
         target=prepared.target,
-        k=k,
+        num_vectors=num_vectors,
         seed=seed,
         options=options,
     )
@@ -164,7 +164,7 @@ def _method_vectors(
     if info.supervised:
         options["contrast"] = prepared.contrast
     result = find_vectors(
-        method, lm, prompts, prepared.source, prepared.target, k, seed=seed, **options
+        method, lm, prompts, prepared.source, prepared.target, num_vectors, seed=seed, **options
     )
     result.options.pop("progress", None)
     cache.put_vectors(key, result)

@@ -76,8 +76,10 @@ def read_steering_vector(
     selected = metadata.get("selected") or {}
     index = int(index if index is not None else selected.get("vector", 0))
     sign = int(sign if sign is not None else selected.get("sign", 1))
-    if not 0 <= index < result.k:
-        raise PowersteerError(f"index={index} is out of range: {file} holds {result.k} vectors")
+    if not 0 <= index < result.num_vectors:
+        raise PowersteerError(
+            f"index={index} is out of range: {file} holds {result.num_vectors} vectors"
+        )
     if sign not in (1, -1):
         raise PowersteerError(f"sign={sign} must be 1 or -1")
     if raw_scale is None:

@@ -33,14 +33,16 @@ def find_vectors(
     prompts: Sequence[str],
     source: LayerSpec,
     target: LayerSpec,
-    k: int = 8,
+    num_vectors: int = 8,
     *,
     seed: int = 0,
     **options: Any,
 ) -> SteeringVectors:
     """Run the registered ``method`` (``power``, ``melbo``, ``random``, or ``caa`` with
     ``contrast=`` prompts)."""
-    return method_info(method).function(lm, prompts, source, target, k, seed=seed, **options)
+    return method_info(method).function(
+        lm, prompts, source, target, num_vectors, seed=seed, **options
+    )
 
 
 __all__ = [

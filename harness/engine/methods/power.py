@@ -35,7 +35,7 @@ def power_steering(
     prompts: Sequence[str],
     source: LayerSpec,
     target: LayerSpec,
-    k: int = 8,
+    num_vectors: int = 8,
     *,
     max_iter: int = 15,
     tol: float = 1e-3,
@@ -46,7 +46,7 @@ def power_steering(
     max_rows: int | None = None,
     progress: bool = False,
 ) -> SteeringVectors:
-    """Top-``k`` right singular vectors of ``J = ∂h_target/∂θ`` (θ added at ``source``).
+    """Top-``k`` right singular vectors of ``J = ∂h_target/∂θ`` (θ added at ``source``), ``k = num_vectors``.
 
     Each iteration runs one JVP (``Z = J V``, a tangent-carrying forward pass over the
     block of ``k + oversample`` vectors), a Rayleigh–Ritz step on ``Z`` and, unless it
@@ -64,9 +64,10 @@ def power_steering(
     """
     started = time.perf_counter()
     d_model = lm.d_model
+    k = num_vectors
     if not 1 <= k <= d_model or oversample < 0:
         raise PowersteerError(
-            f"k={k} must be in 1..d_model={d_model} and oversample={oversample} >= 0; "
+            f"num_vectors={k} must be in 1..d_model={d_model} and oversample={oversample} >= 0; "
             "ask for fewer vectors"
         )
     block = min(k + oversample, d_model)

@@ -19,21 +19,21 @@ def random_directions(
     lm: LanguageModel,
     source: LayerSpec,
     target: LayerSpec,
-    k: int = 8,
+    num_vectors: int = 8,
     *,
     seed: int = 0,
 ) -> SteeringVectors:
-    """``k`` orthonormal directions drawn uniformly from the sphere (QR of a Gaussian)."""
+    """``num_vectors`` orthonormal directions drawn uniformly from the sphere (QR of a Gaussian)."""
     started = time.perf_counter()
-    if not 1 <= k <= lm.d_model:
-        raise PowersteerError(f"k={k} must be in 1..d_model={lm.d_model}")
+    if not 1 <= num_vectors <= lm.d_model:
+        raise PowersteerError(f"num_vectors={num_vectors} must be in 1..d_model={lm.d_model}")
     source_block, target_block = resolve_layer_pair(source, target, lm.n_layers)
     generator = torch.Generator().manual_seed(seed)
-    vectors = orthonormal_rows(torch.randn(k, lm.d_model, generator=generator))
+    vectors = orthonormal_rows(torch.randn(num_vectors, lm.d_model, generator=generator))
     return SteeringVectors(
         method="random",
         vectors=vectors,
-        values=torch.full((k,), float("nan")),
+        values=torch.full((num_vectors,), float("nan")),
         source=source_block,
         target=target_block,
         seed=seed,

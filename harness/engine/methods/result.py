@@ -36,7 +36,7 @@ class SteeringVectors:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def k(self) -> int:
+    def num_vectors(self) -> int:
         return int(self.vectors.shape[0])
 
     @property
@@ -51,7 +51,7 @@ class SteeringVectors:
             "source": self.source,
             "target": self.target,
             "seed": self.seed,
-            "k": self.k,
+            "num_vectors": self.num_vectors,
             "values": [float(v) for v in self.values],
             "forward_passes": self.forward_passes,
             "prompt_passes": self.prompt_passes,
