@@ -16,8 +16,10 @@ Every registered function is called the same way::
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from harness.engine.methods.result import SteeringVectors
 from harness.errors import PowersteerError
@@ -47,9 +49,19 @@ class MethodInfo:
     """Keyword options a behavior's ``steering.options.<name>`` may set, sorted."""
     shows_progress: bool
     """Whether the function takes ``progress=`` (a progress bar for long work)."""
+    options_function: MethodFunction
+    """The function whose keyword arguments the options are (``options_from`` or ``function``)."""
 
     def accepts(self, option: str) -> bool:
         return option in self.options
+
+    def option_types(self) -> dict[str, Any]:
+        """Each option's annotated type, ``Any`` where it has none or it cannot be resolved."""
+        try:
+            hints = typing.get_type_hints(self.options_function)
+        except (NameError, TypeError):  # an annotation naming what the module lacks
+            hints = {}
+        return {name: hints.get(name, Any) for name in self.options}
 
 
 METHODS: dict[str, MethodInfo] = {}
@@ -74,7 +86,8 @@ def register_method(
     def decorate(function: MethodFunction) -> MethodFunction:
         if name in METHODS:
             raise PowersteerError(f"method {name!r} is registered twice")
-        parameters = inspect.signature(options_from or function).parameters
+        options_function = options_from or function
+        parameters = inspect.signature(options_function).parameters
         METHODS[name] = MethodInfo(
             name=name,
             function=function,
@@ -85,6 +98,7 @@ def register_method(
             rank=rank,
             options=tuple(sorted(p for p in parameters if p not in CALL_ARGUMENTS)),
             shows_progress="progress" in parameters,
+            options_function=options_function,
         )
         return function
 
