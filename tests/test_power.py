@@ -45,10 +45,10 @@ def test_cost_counts_every_pass(qwen3_tiny):
     with count_passes(qwen3_tiny, SOURCE) as counted:
         result = power_steering(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=2, oversample=2)
     assert result.forward_passes == counted.total  # the sweeps the model really ran
-    # one JVP per iteration, one backward between iterations, one forward to build the graph;
-    # the JVPs and backwards carry the block of 4, the forward one copy of the prompts
-    assert result.forward_passes == 2 * result.iterations
-    assert result.prompt_passes == pytest.approx(4 * (2 * result.iterations - 1) + 1)
+    # one JVP and one backward per step, one forward to build the graph; the JVPs and
+    # backwards carry the block of 4, the forward one copy of the prompts
+    assert result.forward_passes == 2 * result.iterations + 1
+    assert result.prompt_passes == pytest.approx(4 * 2 * result.iterations + 1)
     assert result.wall_time_s > 0
 
 

@@ -98,8 +98,16 @@ def _steering_vectors(
         iterations=metadata.get("iterations"),
         converged=metadata.get("converged"),
         radius=metadata.get("radius"),
+        residuals=None
+        if metadata.get("residuals") is None
+        else torch.tensor(metadata["residuals"]),
+        bands=metadata.get("bands"),
         options=metadata.get("options", {}),
     )
+
+
+def _optional_tensor(values: list[float] | None) -> torch.Tensor | None:
+    return None if values is None else torch.tensor(values, dtype=torch.float32)
 
 
 def save_vector_sets(

@@ -1,8 +1,10 @@
 """Power Steering: top right singular vectors of the layer-to-layer Jacobian.
 
-Block power (subspace) iteration on ``JᵀJ`` with a Rayleigh–Ritz step each iteration, so
-the directions come out sorted by singular value, and convergence is judged on the
-subspace of the top ``k`` Ritz vectors.
+The vectors are the top eigenvectors of ``JᵀJ``, found from products alone by
+:mod:`harness.engine.subspace`: randomized block Krylov by default (every product kept,
+Rayleigh–Ritz on the whole space), block power iteration on request. Convergence is the
+relative residual of each returned vector, and the result says which vectors are
+individually determined and which only as a band of nearly equal singular values.
 """
 
 from __future__ import annotations
@@ -16,17 +18,15 @@ from tqdm.auto import tqdm
 
 from harness.engine.jacobian import JvpMode, LayerJacobian
 from harness.engine.layers import LayerSpec
-from harness.engine.linalg import (
-    fix_signs,
-    largest_principal_angle,
-    orthonormal_rows,
-    random_orthonormal_rows,
-)
+from harness.engine.linalg import fix_signs
 from harness.engine.methods.registry import register_method
 from harness.engine.methods.result import SteeringVectors
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import TargetTokens
+from harness.engine.subspace import RitzPairs, Solver, SubspaceSolver, bands
 from harness.errors import PowersteerError
+
+BAND_GAP = 0.05  # neighbouring singular values within 5% of each other form one band
 
 
 @register_method("power", label="Power Steering", colour="C0", rank=0)
@@ -37,97 +37,104 @@ def power_steering(
     target: LayerSpec,
     num_vectors: int = 8,
     *,
+    solver: Solver = "krylov",
     max_iter: int = 15,
     tol: float = 1e-3,
     seed: int = 0,
+    init: torch.Tensor | None = None,
     target_tokens: TargetTokens = None,
     oversample: int = 4,
+    band_gap: float = BAND_GAP,
     jvp_mode: JvpMode = "auto",
     max_rows: int | None = None,
     progress: bool = False,
 ) -> SteeringVectors:
-    """Top-``k`` right singular vectors of ``J = ∂h_target/∂θ`` (θ added at ``source``), ``k = num_vectors``.
+    """Top ``num_vectors`` right singular vectors of ``J = ∂h_target/∂θ`` (θ at ``source``).
 
-    Each iteration runs one JVP (``Z = J V``, a tangent-carrying forward pass over the
-    block of ``k + oversample`` vectors), a Rayleigh–Ritz step on ``Z`` and, unless it
-    stopped, one VJP (``Jᵀ Z``, a backward pass over a graph built once). It stops when
-    the top-``k`` Ritz subspace moves by less than ``tol`` radians (largest principal
-    angle) or after ``max_iter`` iterations; ``.converged`` says which.
+    Each step runs one JVP (``J V`` for a block of ``num_vectors + oversample`` vectors, one
+    tangent-carrying forward pass) and one VJP (``Jᵀ J V``, a backward pass), then a
+    Rayleigh–Ritz step. ``solver="krylov"`` keeps every block (the space grows by a block a
+    step); ``"power"`` keeps the latest. It stops when every returned vector's relative
+    residual ``‖JᵀJ v − σ² v‖ / σ²`` is below ``tol``, or after ``max_iter`` steps, or when
+    the space can grow no more; ``.converged`` says whether the residuals met ``tol``.
+    ``init`` ``(r, d_model)`` starts the first block from given directions (a warm start).
 
-    Oversampling (extra block columns that are iterated but not returned) makes the
-    top-``k`` subspace converge at the rate ``(σ_{k+oversample+1} / σ_k)²`` per iteration
-    instead of ``(σ_{k+1} / σ_k)²``: on small spectral gaps it halves the iterations for a
-    few more rows per pass.
-
-    Returns ``.vectors`` ``(k, d_model)`` unit rows, ``.singular_values`` ``(k,)``
-    descending, ``.iterations`` and the measured cost.
+    Returns ``.vectors`` ``(num_vectors, d_model)`` unit rows, ``.singular_values``
+    descending, ``.residuals``, ``.bands`` (groups of vectors whose singular values lie
+    within ``band_gap`` of each other: only a group's span is determined) and the cost.
     """
     started = time.perf_counter()
     d_model = lm.d_model
-    k = num_vectors
-    if not 1 <= k <= d_model or oversample < 0:
+    if not 1 <= num_vectors <= d_model or oversample < 0:
         raise PowersteerError(
-            f"num_vectors={k} must be in 1..d_model={d_model} and oversample={oversample} >= 0; "
-            "ask for fewer vectors"
+            f"num_vectors={num_vectors} must be in 1..d_model={d_model} and "
+            f"oversample={oversample} >= 0; ask for fewer vectors"
         )
-    block = min(k + oversample, d_model)
     if max_iter < 1:
         raise PowersteerError(f"max_iter={max_iter} must be at least 1")
     jacobian = LayerJacobian(
-        lm,
-        prompts,
-        source,
-        target,
-        target_tokens=target_tokens,
-        jvp_mode=jvp_mode,
+        lm, prompts, source, target, target_tokens=target_tokens, jvp_mode=jvp_mode,
         max_rows=max_rows,
-    )
-    basis = random_orthonormal_rows(block, d_model, seed=seed, dtype=jacobian.dtype).to(lm.device)
-
-    previous_top: torch.Tensor | None = None
-    converged = False
-    bar = tqdm(range(1, max_iter + 1), desc="power iteration", disable=not progress, leave=False)
-    for iteration in bar:
-        images = jacobian.jvp(basis)
-        _check_finite(images, "J V")
-        values, ritz = rayleigh_ritz(basis, images)
-        top = ritz[:k]
-        if previous_top is not None:
-            change = largest_principal_angle(previous_top, top)
-            bar.set_postfix(angle=f"{change:.1e}", sigma1=f"{float(values[0]):.3g}")
-            if change < tol:
-                converged = True
-                break
-        previous_top = top
-        if iteration < max_iter:
-            basis = orthonormal_rows(jacobian.vjp(images))
+    )  # fmt: skip
+    state = SubspaceSolver.start(
+        num_vectors, min(num_vectors + oversample, d_model), d_model, solver=solver, tol=tol,
+        seed=seed, init=init, dtype=jacobian.dtype, device=lm.device,
+    )  # fmt: skip
+    ritz = _solve(jacobian, state, max_iter, progress)
     jacobian.release()
-    if not converged:
+    if not state.converged:
+        worst = float(ritz.residuals[:num_vectors].max())
         warnings.warn(
-            f"Power Steering did not converge in {max_iter} iterations (tol={tol} rad); "
-            "raise max_iter or oversample",
+            f"Power Steering did not converge in {state.steps} steps: the largest relative "
+            f"residual is {worst:.1e} (tol {tol:g}); raise max_iter or loosen tol",
             stacklevel=2,
         )
+    groups = bands(ritz.values, band_gap)
     return SteeringVectors(
         method="power",
-        vectors=fix_signs(top.float().cpu()),
-        values=values[:k].float().cpu(),
+        vectors=fix_signs(ritz.vectors[:num_vectors].float().cpu()),
+        values=ritz.values[:num_vectors].float().cpu(),
         source=jacobian.source,
         target=jacobian.target,
         seed=seed,
         forward_passes=jacobian.passes.sweeps,
         prompt_passes=jacobian.passes.prompt_sweeps,
         wall_time_s=time.perf_counter() - started,
-        iterations=iteration,
-        converged=converged,
+        iterations=state.steps,
+        converged=state.converged,
+        residuals=ritz.residuals[:num_vectors].float().cpu(),
+        bands=[[i for i in group if i < num_vectors] for group in groups if group[0] < num_vectors],
         options={
+            "solver": solver,
             "max_iter": max_iter,
             "tol": tol,
             "target_tokens": target_tokens,
             "oversample": oversample,
+            "band_gap": band_gap,
             "jvp_mode": jacobian.jvp_mode,
+            "warm_start": init is not None,
         },
     )
+
+
+def _solve(
+    jacobian: LayerJacobian, state: SubspaceSolver, max_iter: int, progress: bool
+) -> RitzPairs:
+    """Feed ``JᵀJ`` products of the solver's current block until it is done."""
+    bar = tqdm(range(max_iter), desc="Power Steering", disable=not progress, leave=False)
+    ritz: RitzPairs | None = None
+    for _ in bar:
+        images = jacobian.jvp(state.current)
+        _check_finite(images, "J V")
+        ritz = state.update(jacobian.vjp(images))
+        worst = float(ritz.residuals[: state.num_vectors].max())
+        bar.set_postfix(residual=f"{worst:.1e}", sigma1=f"{float(ritz.values[0]):.3g}")
+        if state.done:
+            break
+    bar.close()
+    if ritz is None:  # max_iter >= 1 is checked by the caller
+        raise PowersteerError("Power Steering ran no step")
+    return ritz
 
 
 def rayleigh_ritz(basis: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,11 +33,25 @@ class SteeringVectors:
     iterations: int | None = None
     converged: bool | None = None
     radius: float | None = None
+    residuals: torch.Tensor | None = None
+    """Power Steering: each vector's relative residual ``‖JᵀJ v − σ² v‖ / σ²``."""
+    bands: list[list[int]] | None = None
+    """Power Steering: vectors grouped into bands of nearly equal singular values. A band
+    of one is individually determined; a larger band only as a subspace (any rotation of
+    its vectors is as good)."""
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_vectors(self) -> int:
         return int(self.vectors.shape[0])
+
+    @property
+    def determined(self) -> list[bool] | None:
+        """Per vector: individually determined (alone in its band); None without bands."""
+        if self.bands is None:
+            return None
+        alone = {group[0] for group in self.bands if len(group) == 1}
+        return [index in alone for index in range(self.num_vectors)]
 
     @property
     def singular_values(self) -> torch.Tensor:
@@ -59,5 +73,7 @@ class SteeringVectors:
             "iterations": self.iterations,
             "converged": self.converged,
             "radius": self.radius,
+            "residuals": None if self.residuals is None else [float(r) for r in self.residuals],
+            "bands": self.bands,
             "options": self.options,
         }
