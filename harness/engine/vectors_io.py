@@ -98,9 +98,7 @@ def _steering_vectors(
         iterations=metadata.get("iterations"),
         converged=metadata.get("converged"),
         radius=metadata.get("radius"),
-        residuals=None
-        if metadata.get("residuals") is None
-        else torch.tensor(metadata["residuals"]),
+        residuals=_optional_tensor(metadata.get("residuals")),
         bands=metadata.get("bands"),
         options=metadata.get("options", {}),
     )
