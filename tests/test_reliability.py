@@ -282,7 +282,8 @@ def test_a_damaged_map_state_is_discarded_and_the_map_starts_afresh(
         path.write_bytes(path.read_bytes()[:100])
     else:
         value = 0.5 if garbage == "finite" else float("nan")
-        state.bases = {i: torch.full_like(basis, value) for i, basis in state.bases.items()}
+        for solver in state.solvers.values():
+            solver.current = torch.full_like(solver.current, value)
         save_state(path, state, config)  # a consistent checksum over wrong numbers
     with pytest.warns(PowersteerWarning, match="cannot resume from it"):
         assert load_state(path, config) is None

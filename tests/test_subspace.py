@@ -36,8 +36,8 @@ def solve(matrix, num_vectors, block, solver, steps, tol=1e-12, init=None):
     products = 0
     while state.steps < steps and not state.done:
         products += 2 * len(state.current)
-        ritz = state.update(state.current @ matrix)  # rows: (A vᵢ)ᵀ = vᵢᵀ A for symmetric A
-    return state, ritz, products
+        state.update(state.current @ matrix)  # rows: (A vᵢ)ᵀ = vᵢᵀ A for symmetric A
+    return state, state.ritz, products
 
 
 # Neighbouring ratios 0.9-0.99 for 16 values, as on real weights (DESIGN.md, SmolLM2).

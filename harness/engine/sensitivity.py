@@ -1,22 +1,25 @@
 """Whole-model sensitivity map: Power Steering on many (source, target) pairs at once.
 
-All pairs iterate together. One tangent-carrying forward pass per *source* serves every
-pair that starts there (each pair's block of vectors rides along the batch and is read at
-its own target), and one backward pass per *target* serves every pair that ends there
-(a zero vector is added at each of their sources, and the backward pass reaches them
-all). An iteration over the pairs of an L-block model thus costs about 3(L − 1) sweeps
-instead of L(L − 1) for pair-by-pair power iteration, and a pair that has converged
-drops out of the batches.
+Each pair runs the same solver as :func:`~harness.engine.methods.power_steering` (block
+Krylov by default, :mod:`harness.engine.subspace`), and all pairs step together. One
+tangent-carrying forward pass per *source* serves every pair that starts there (each
+pair's block rides along the batch and is read at its own target), and one backward pass
+per *target* serves every pair that ends there (a zero vector is added at each of their
+sources, and the backward pass reaches them all). A step over the pairs of an L-block
+model thus costs about 3(L − 1) sweeps instead of L(L − 1) pair by pair, and a pair that
+has converged drops out of the batches.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import pandas as pd
 import torch
@@ -25,19 +28,15 @@ from tqdm.auto import tqdm
 from harness.engine.effects import next_token_effect
 from harness.engine.jacobian import PassCount, jvp_at_targets, vectors_per_pass, vjp_pullback
 from harness.engine.layers import resolve_layer_pair
-from harness.engine.linalg import (
-    fix_signs,
-    largest_principal_angle,
-    orthonormal_rows,
-    random_orthonormal_rows,
-)
-from harness.engine.methods.power import rayleigh_ritz
+from harness.engine.linalg import fix_signs
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
 from harness.engine.steering import scale_unit
+from harness.engine.subspace import RitzPairs, Solver, SubspaceSolver
 from harness.errors import PowersteerError
 
 Pair = tuple[int, int]
+RITZ_FIELDS = ("values", "vectors", "residuals")  # a saved state keeps each pair's best
 
 
 @dataclass
@@ -45,7 +44,8 @@ class SensitivityMap:
     """Top-``k`` singular values and right singular vectors for each (source, target) pair.
 
     ``singular_values`` is ``(n_pairs, k)``, ``vectors`` ``(n_pairs, k, d_model)`` with
-    unit rows; entry ``i`` belongs to ``pairs[i]``. Cost is measured as in
+    unit rows; entry ``i`` belongs to ``pairs[i]``; ``residuals`` ``(n_pairs, k)`` are the
+    relative residuals that judged convergence. Cost is measured as in
     :class:`~harness.engine.methods.SteeringVectors`, for the whole map.
     """
 
@@ -55,6 +55,7 @@ class SensitivityMap:
     iterations: list[int]
     converged: list[bool]
     n_layers: int
+    residuals: torch.Tensor | None = None
     forward_passes: int = 0
     prompt_passes: float = 0.0
     wall_time_s: float = 0.0
@@ -79,57 +80,76 @@ class SensitivityMap:
 
 @dataclass
 class MapState:
-    """Everything an interrupted map needs to continue exactly where it stopped.
-
-    Saved after each completed iteration; per-pair entries are keyed by pair index.
-    """
+    """Everything an interrupted map needs to continue exactly where it stopped: each
+    pair's solver (keyed by pair index) and the cost so far. Saved after every step."""
 
     iteration: int
-    bases: dict[int, torch.Tensor]
-    previous_top: dict[int, torch.Tensor]
-    values: dict[int, torch.Tensor]
-    vectors: dict[int, torch.Tensor]
-    iterations: dict[int, int]
-    converged: dict[int, bool]
+    solvers: dict[int, SubspaceSolver]
     passes: PassCount
     elapsed_s: float
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat tensor dict for safetensors (names ``kind.pair_index``)."""
         flat = {}
-        for kind in ("bases", "previous_top", "values", "vectors"):
-            for i, tensor in getattr(self, kind).items():
-                flat[f"{kind}.{i}"] = tensor.detach().cpu().clone()  # no shared storage
+        for i, solver in self.solvers.items():
+            for kind in ("current", "basis", "images"):
+                flat[f"{kind}.{i}"] = getattr(solver, kind).detach().cpu().clone()
+            if solver.ritz is not None:
+                for kind in ("values", "vectors", "residuals"):
+                    flat[f"best_{kind}.{i}"] = getattr(solver.ritz, kind).detach().cpu().clone()
         return flat
 
     def scalars(self) -> dict[str, object]:
+        some = next(iter(self.solvers.values()))
         return {
             "iteration": self.iteration,
-            "iterations": self.iterations,
-            "converged": self.converged,
+            "num_vectors": some.num_vectors,
+            "solver": some.solver,
+            "tol": some.tol,
+            "steps": {i: s.steps for i, s in self.solvers.items()},
+            "best_step": {i: s.best_step for i, s in self.solvers.items()},
+            "exhausted": {i: s.exhausted for i, s in self.solvers.items()},
             "sweeps": self.passes.sweeps,
             "prompt_sweeps": self.passes.prompt_sweeps,
             "elapsed_s": self.elapsed_s,
         }
 
     @classmethod
-    def restore(cls, tensors: dict[str, torch.Tensor], scalars: dict[str, object]) -> MapState:
+    def restore(cls, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> MapState:
         """Inverse of :meth:`tensors` and :meth:`scalars` (JSON turns int keys to str)."""
         by_kind: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
         for name, tensor in tensors.items():
             kind, index = name.rsplit(".", 1)
             by_kind[kind][int(index)] = tensor
+        solvers = {}
+        for key, steps in scalars["steps"].items():
+            i = int(key)
+            solver = SubspaceSolver(
+                int(scalars["num_vectors"]), scalars["solver"], float(scalars["tol"]),
+                by_kind["current"][i],
+            )  # fmt: skip
+            solver.basis, solver.images = by_kind["basis"][i], by_kind["images"][i]
+            solver.steps, solver.exhausted = int(steps), bool(scalars["exhausted"][key])
+            solver.best_step = int(scalars["best_step"][key])
+            if solver.best_step:
+                solver.ritz = RitzPairs(*(by_kind[f"best_{kind}"][i] for kind in RITZ_FIELDS))
+            solvers[i] = solver
         return cls(
-            iteration=int(scalars["iteration"]),  # type: ignore[arg-type]
-            bases=by_kind["bases"],
-            previous_top=by_kind["previous_top"],
-            values=by_kind["values"],
-            vectors=by_kind["vectors"],
-            iterations={int(i): int(n) for i, n in scalars["iterations"].items()},  # type: ignore[attr-defined]
-            converged={int(i): bool(c) for i, c in scalars["converged"].items()},  # type: ignore[attr-defined]
-            passes=PassCount(int(scalars["sweeps"]), float(scalars["prompt_sweeps"])),  # type: ignore[arg-type]
-            elapsed_s=float(scalars["elapsed_s"]),  # type: ignore[arg-type]
+            iteration=int(scalars["iteration"]),
+            solvers=solvers,
+            passes=PassCount(int(scalars["sweeps"]), float(scalars["prompt_sweeps"])),
+            elapsed_s=float(scalars["elapsed_s"]),
         )
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> MapState:
+        """The state with every solver's tensors on ``device`` in ``dtype``."""
+        for solver in self.solvers.values():
+            for kind in ("current", "basis", "images"):
+                setattr(solver, kind, getattr(solver, kind).to(device=device, dtype=dtype))
+            if solver.ritz is not None:
+                moved = (getattr(solver.ritz, kind).to(device) for kind in RITZ_FIELDS)
+                solver.ritz = RitzPairs(*moved)
+        return self
 
 
 def all_pairs(n_layers: int) -> list[Pair]:
@@ -158,6 +178,7 @@ def sensitivity_map(
     pairs: Sequence[Pair] | None = None,
     num_vectors: int = 4,
     *,
+    solver: Solver = "krylov",
     max_iter: int = 15,
     tol: float = 1e-3,
     seed: int = 0,
@@ -170,22 +191,20 @@ def sensitivity_map(
 ) -> SensitivityMap:
     """Power Steering for every pair in ``pairs`` (default: all), sharing passes.
 
-    Each pair starts from the same random block as :func:`power_steering` with the same
-    ``seed`` and follows the same iteration, so its result equals the per-pair one.
-    ``max_rows`` caps the batch rows (vectors × prompts) of one pass, splitting a source's
-    or target's passes to bound memory; the result does not change, the sweep count does.
-    When a pass runs out of memory anyway, the rows per pass are halved and the step is
-    run again (with a warning); ``options["max_rows"]`` of the result is the cap it ended
-    with.
-    ``checkpoint`` is called with the state after every iteration; passing a saved state
-    back as ``resume`` (same arguments otherwise) continues from there with the same
-    result as an uninterrupted run.
+    Each pair starts from the same block as :func:`power_steering` with the same ``seed``
+    and runs the same solver to the same stopping rule, so its result equals the per-pair
+    one. ``max_rows`` caps the batch rows (vectors × prompts) of one pass, splitting a
+    source's or target's passes to bound memory; the result does not change, the sweep
+    count does. When a pass runs out of memory anyway, the rows per pass are halved and
+    the step is run again (with a warning); ``options["max_rows"]`` of the result is the
+    cap it ended with. ``checkpoint`` is called with the state after every step; passing a
+    saved state back as ``resume`` (same arguments otherwise) continues from there with
+    the same result as an uninterrupted run.
     """
     started = time.perf_counter()
     d_model = lm.d_model
-    k = num_vectors
-    if not 1 <= k <= d_model:
-        raise PowersteerError(f"num_vectors={k} must be in 1..d_model={d_model}")
+    if not 1 <= num_vectors <= d_model:
+        raise PowersteerError(f"num_vectors={num_vectors} must be in 1..d_model={d_model}")
     pairs = list(all_pairs(lm.n_layers) if pairs is None else pairs)
     if not pairs:
         raise PowersteerError("no layer pairs to map; the model needs at least two blocks")
@@ -193,65 +212,87 @@ def sensitivity_map(
         resolve_layer_pair(source, target, lm.n_layers)
     batch = encode_prompts(lm, prompts, target_tokens=target_tokens)
     dtype = lm.compute_dtype
-    block = min(k + oversample, d_model)
-    state = resume or _initial_state(len(pairs), block, d_model, seed, dtype)
-    to_device = {i: basis.to(device=lm.device, dtype=dtype) for i, basis in state.bases.items()}
-    state.bases = to_device
+    if resume is None:
+        first = SubspaceSolver.start(
+            num_vectors, min(num_vectors + oversample, d_model), d_model, solver=solver,
+            tol=tol, seed=seed, dtype=dtype,
+        )  # fmt: skip
+        solvers = {i: copy.deepcopy(first) for i in range(len(pairs))}
+        resume_elapsed, state = 0.0, MapState(0, solvers, PassCount(), 0.0)
+    else:
+        resume_elapsed, state = resume.elapsed_s, resume
+    state.to(lm.device, dtype)
 
     bar = tqdm(total=max_iter, initial=state.iteration, desc="sensitivity map",
                disable=not progress)  # fmt: skip
-    for iteration in range(state.iteration + 1, max_iter + 1):
-        active = [i for i in range(len(pairs)) if not state.converged[i]]
+    for step in range(state.iteration + 1, max_iter + 1):
+        active = [i for i, pair_solver in state.solvers.items() if not pair_solver.done]
         if not active:
             break
-        images, max_rows = _shrinking_on_oom(
-            partial(_jvp_by_source, lm, batch, pairs, active, state.bases, state.passes, dtype),
-            max_rows,
-            _widest_pass(pairs, active, state.bases, by=0, n_prompts=batch.n_prompts),
-            batch.n_prompts,
-        )
-        for i in active:
-            state.iterations[i] = iteration
-            values, vectors = rayleigh_ritz(state.bases[i], images[i])
-            state.values[i], state.vectors[i] = values[:k], vectors[:k]
-            previous = state.previous_top.get(i)
-            if previous is not None:
-                moved = largest_principal_angle(previous.to(vectors.device), vectors[:k])
-                state.converged[i] = moved < tol
-            state.previous_top[i] = vectors[:k]
-        still = [i for i in active if not state.converged[i]]
-        if still and iteration < max_iter:
-            pulled, max_rows = _shrinking_on_oom(
-                partial(_vjp_by_target, lm, batch, pairs, still, images, state.passes, dtype),
-                max_rows,
-                _widest_pass(pairs, still, state.bases, by=1, n_prompts=batch.n_prompts),
-                batch.n_prompts,
-            )
-            for i in still:
-                state.bases[i] = orthonormal_rows(pulled[i])
-        state.iteration = iteration
-        state.elapsed_s = (resume.elapsed_s if resume else 0.0) + time.perf_counter() - started
+        max_rows = _step(lm, batch, pairs, state, active, max_rows, dtype)
+        state.iteration = step
+        state.elapsed_s = resume_elapsed + time.perf_counter() - started
         if checkpoint is not None:
             checkpoint(state)
         bar.update(1)
-        bar.set_postfix(converged=f"{sum(state.converged.values())}/{len(pairs)}")
+        bar.set_postfix(
+            converged=f"{sum(s.converged for s in state.solvers.values())}/{len(pairs)}"
+        )
     bar.close()
+    return _as_map(lm, pairs, state, resume_elapsed + time.perf_counter() - started, {
+        "num_vectors": num_vectors, "solver": solver, "max_iter": max_iter, "tol": tol,
+        "seed": seed, "target_tokens": target_tokens, "oversample": oversample,
+        "max_rows": max_rows,
+    })  # fmt: skip
 
-    order = range(len(pairs))
+
+def _step(
+    lm: LanguageModel,
+    batch: PromptBatch,
+    pairs: Sequence[Pair],
+    state: MapState,
+    active: Sequence[int],
+    max_rows: int | None,
+    dtype: torch.dtype,
+) -> int | None:
+    """One solver step for every active pair: shared JVPs by source, then shared VJPs by
+    target, then each pair's update. Returns the (possibly lowered) row cap."""
+    currents = {i: state.solvers[i].current for i in active}
+    n = batch.n_prompts
+    images, max_rows = _shrinking_on_oom(
+        partial(_jvp_by_source, lm, batch, pairs, active, currents, state.passes, dtype),
+        max_rows, _widest_pass(pairs, active, currents, by=0, n_prompts=n), n,
+    )  # fmt: skip
+    pulled, max_rows = _shrinking_on_oom(
+        partial(_vjp_by_target, lm, batch, pairs, active, images, state.passes, dtype),
+        max_rows, _widest_pass(pairs, active, currents, by=1, n_prompts=n), n,
+    )  # fmt: skip
+    del images
+    for i in active:
+        state.solvers[i].update(pulled[i])
+    return max_rows
+
+
+def _as_map(
+    lm: LanguageModel, pairs: list[Pair], state: MapState, elapsed: float, options: dict
+) -> SensitivityMap:
+    k = int(options["num_vectors"])
+    ritz = [state.solvers[i].ritz for i in range(len(pairs))]
+    if any(r is None for r in ritz):
+        raise PowersteerError("the map ran no step; give max_iter of at least 1")
     return SensitivityMap(
         pairs=pairs,
-        singular_values=torch.stack([state.values[i] for i in order]).float().cpu(),
-        vectors=torch.stack([fix_signs(state.vectors[i].float().cpu()) for i in order]),
-        iterations=[state.iterations[i] for i in order],
-        converged=[state.converged[i] for i in order],
+        singular_values=torch.stack([r.values[:k] for r in ritz]).float().cpu(),
+        vectors=torch.stack([fix_signs(r.vectors[:k].float().cpu()) for r in ritz]),
+        iterations=[state.solvers[i].steps for i in range(len(pairs))],
+        converged=[state.solvers[i].converged for i in range(len(pairs))],
         n_layers=lm.n_layers,
+        residuals=torch.stack([r.residuals[:k] for r in ritz]).float().cpu(),
         forward_passes=state.passes.sweeps,
         prompt_passes=state.passes.prompt_sweeps,
-        wall_time_s=(resume.elapsed_s if resume else 0.0) + time.perf_counter() - started,
-        options={"num_vectors": k, "max_iter": max_iter, "tol": tol, "seed": seed,
-                 "target_tokens": target_tokens, "oversample": oversample,
-                 "max_rows": max_rows},
-    )  # fmt: skip
+        wall_time_s=elapsed,
+        options=options,
+    )
 
 
 def next_token_kl(
@@ -293,17 +334,6 @@ def pair_matrix(pairs: Sequence[Pair], values: Sequence[float], n_layers: int) -
     for (source, target), value in zip(pairs, values, strict=True):
         matrix[source, target] = float(value)
     return matrix
-
-
-def _initial_state(
-    n_pairs: int, block: int, d_model: int, seed: int, dtype: torch.dtype
-) -> MapState:
-    basis = random_orthonormal_rows(block, d_model, seed=seed, dtype=dtype)
-    return MapState(
-        iteration=0, bases=dict.fromkeys(range(n_pairs), basis), previous_top={}, values={},
-        vectors={}, iterations=dict.fromkeys(range(n_pairs), 0),
-        converged=dict.fromkeys(range(n_pairs), False), passes=PassCount(), elapsed_s=0.0,
-    )  # fmt: skip
 
 
 def _group(pairs: Sequence[Pair], members: Sequence[int], by: int) -> dict[int, list[int]]:

@@ -165,15 +165,20 @@ def load_state(path: str | os.PathLike[str], config: dict[str, Any]) -> MapState
 
 def _state_problem(state: MapState) -> str | None:
     """Why ``state`` cannot be resumed from, or None when it is sound."""
-    for kind in ("bases", "previous_top", "values", "vectors"):
-        for index, tensor in getattr(state, kind).items():
-            if not bool(torch.isfinite(tensor).all()):
-                return f"{kind} of pair {index} holds NaN or infinity"
-    for index, basis in state.bases.items():
-        gram = basis.double() @ basis.double().T
-        error = float((gram - torch.eye(len(gram), dtype=gram.dtype)).abs().max())
-        if error > ORTHONORMAL_TOLERANCE:
-            return f"the basis of pair {index} is not orthonormal (off by {error:.2g})"
+    for index, solver in state.solvers.items():
+        for kind in ("current", "basis", "images"):
+            if not bool(torch.isfinite(getattr(solver, kind)).all()):
+                return f"the {kind} of pair {index} holds NaN or infinity"
+        for kind in ("current", "basis"):
+            rows = getattr(solver, kind).double()
+            gram = rows @ rows.T
+            error = float((gram - torch.eye(len(gram), dtype=gram.dtype)).abs().max())
+            if error > ORTHONORMAL_TOLERANCE:
+                return f"the {kind} block of pair {index} is not orthonormal (off by {error:.2g})"
+        if solver.basis.shape != solver.images.shape:
+            return (
+                f"pair {index} has {len(solver.basis)} basis rows but {len(solver.images)} images"
+            )
     return None
 
 

@@ -23,6 +23,7 @@ from harness.engine.methods.registry import register_method
 from harness.engine.methods.result import SteeringVectors
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import TargetTokens
+from harness.engine.sites import Site
 from harness.engine.subspace import RitzPairs, Solver, SubspaceSolver, bands
 from harness.errors import PowersteerError
 
@@ -47,6 +48,10 @@ def power_steering(
     band_gap: float = BAND_GAP,
     jvp_mode: JvpMode = "auto",
     max_rows: int | None = None,
+    source_site: Site = "block",
+    target_site: Site = "block",
+    at: torch.Tensor | None = None,
+    at_scale: float = 1.0,
     progress: bool = False,
 ) -> SteeringVectors:
     """Top ``num_vectors`` right singular vectors of ``J = ∂h_target/∂θ`` (θ at ``source``).
@@ -58,6 +63,9 @@ def power_steering(
     residual ``‖JᵀJ v − σ² v‖ / σ²`` is below ``tol``, or after ``max_iter`` steps, or when
     the space can grow no more; ``.converged`` says whether the residuals met ``tol``.
     ``init`` ``(r, d_model)`` starts the first block from given directions (a warm start).
+    ``source_site``/``target_site`` move θ and the read-out to a block's attention or MLP
+    output; ``at`` (times ``at_scale``) linearises ``J`` at that steered point instead of
+    0 (see :class:`~harness.engine.jacobian.LayerJacobian`).
 
     Returns ``.vectors`` ``(num_vectors, d_model)`` unit rows, ``.singular_values``
     descending, ``.residuals``, ``.bands`` (groups of vectors whose singular values lie
@@ -74,7 +82,8 @@ def power_steering(
         raise PowersteerError(f"max_iter={max_iter} must be at least 1")
     jacobian = LayerJacobian(
         lm, prompts, source, target, target_tokens=target_tokens, jvp_mode=jvp_mode,
-        max_rows=max_rows,
+        max_rows=max_rows, source_site=source_site, target_site=target_site, at=at,
+        at_scale=at_scale,
     )  # fmt: skip
     state = SubspaceSolver.start(
         num_vectors, min(num_vectors + oversample, d_model), d_model, solver=solver, tol=tol,
@@ -113,6 +122,10 @@ def power_steering(
             "band_gap": band_gap,
             "jvp_mode": jacobian.jvp_mode,
             "warm_start": init is not None,
+            "source_site": source_site,
+            "target_site": target_site,
+            "linearised_at": at is not None,
+            "at_scale": at_scale,
         },
     )
 
@@ -120,21 +133,21 @@ def power_steering(
 def _solve(
     jacobian: LayerJacobian, state: SubspaceSolver, max_iter: int, progress: bool
 ) -> RitzPairs:
-    """Feed ``JᵀJ`` products of the solver's current block until it is done."""
+    """Feed ``JᵀJ`` products of the solver's current block until it is done; returns the
+    best Ritz pairs it saw."""
     bar = tqdm(range(max_iter), desc="Power Steering", disable=not progress, leave=False)
-    ritz: RitzPairs | None = None
     for _ in bar:
         images = jacobian.jvp(state.current)
         _check_finite(images, "J V")
-        ritz = state.update(jacobian.vjp(images))
-        worst = float(ritz.residuals[: state.num_vectors].max())
-        bar.set_postfix(residual=f"{worst:.1e}", sigma1=f"{float(ritz.values[0]):.3g}")
+        latest = state.update(jacobian.vjp(images))
+        worst = state.worst_residual(latest)
+        bar.set_postfix(residual=f"{worst:.1e}", sigma1=f"{float(latest.values[0]):.3g}")
         if state.done:
             break
     bar.close()
-    if ritz is None:  # max_iter >= 1 is checked by the caller
+    if state.ritz is None:  # max_iter >= 1 is checked by the caller
         raise PowersteerError("Power Steering ran no step")
-    return ritz
+    return state.ritz
 
 
 def rayleigh_ritz(basis: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
