@@ -39,7 +39,13 @@ from harness.evaluation.cache import ResultCache, content_key, model_fingerprint
 from harness.evaluation.cells import UNSTEERED, UNSTEERED_CELL, Cell
 from harness.evaluation.coherence import mark_coherent
 from harness.evaluation.preparation import PreparedBehavior, prepare_behavior
-from harness.evaluation.scorers import GenerationScorer, LogitsScorer, Scorer
+from harness.evaluation.scorers import (
+    GenerationScorer,
+    LogitsScorer,
+    Scorer,
+    checked_score,
+    score_completion,
+)
 
 
 @dataclass
@@ -112,15 +118,20 @@ def sweep_behavior(
     )
 
 
-def score_generations(scorer: Scorer, results: pd.DataFrame, rows: Sequence[dict]) -> None:
-    """(Re)compute ``success`` and ``score`` of saved generations with a generation scorer."""
+def score_generations(
+    scorer: Scorer, results: pd.DataFrame, rows: Sequence[dict], *, source: object = None
+) -> None:
+    """(Re)compute ``success`` and ``score`` of saved generations with a generation scorer;
+    an output its metric cannot use is an error naming ``source`` (the behavior file)."""
     if not isinstance(scorer, GenerationScorer):
         raise PowersteerError(
             f"scorer {scorer.name!r} reads the model's logits, not saved generations; "
             "rescoring cannot change it; run `powersteer run` again (cached cells are reused)"
         )
     outcomes = [
-        scorer.score(completion, rows[int(index)])
+        score_completion(
+            scorer, completion, rows[int(index)], prompt_index=int(index), source=source
+        )
         for completion, index in zip(results["completion"], results["prompt_index"], strict=True)
     ]
     results["success"] = [o.success for o in outcomes]
@@ -297,16 +308,25 @@ class _CellRunner:
         self, split: str, cells: list[Cell], payloads: dict[Cell, dict[str, Any]]
     ) -> pd.DataFrame:
         indices = self.prepared.indices(split)
+        source = self.prepared.behavior.path or self.prepared.behavior.name
         records = []
         for cell in cells:
             payload = payloads[cell]
             for j, index in enumerate(indices):
                 row = self.prepared.rows[index]
                 if isinstance(self.scorer, GenerationScorer):
-                    outcome = self.scorer.score(payload["completions"][j], row)
+                    outcome = score_completion(
+                        self.scorer,
+                        payload["completions"][j],
+                        row,
+                        prompt_index=index,
+                        source=source,
+                    )
                     success, score = outcome.success, outcome.value
                 else:
-                    score = float(payload["logit_scores"][j])
+                    score = checked_score(
+                        self.scorer, payload["logit_scores"][j], prompt_index=index, source=source
+                    )
                     success = None
                 records.append(
                     {

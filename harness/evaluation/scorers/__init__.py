@@ -21,11 +21,17 @@ Add a scorer by decorating a factory::
         '''Success when at least ``min_ratio`` of the letters are upper case.'''
         ...
 
-or, without touching the package, with ``type: python`` and ``function: module:function``.
+or, without touching the package, with ``type: python`` and ``function: module:function``
+(trusted code: its module is imported at ``run``; ``validate`` only reads its source).
+
+What a scorer returns is checked where outcomes are recorded
+(:mod:`~harness.evaluation.scorers.outputs`): a boolean (or 0/1) for a success scorer, a
+finite number for a score scorer, else one error naming the scorer and the prompt.
 
 The registry lives in :mod:`~harness.evaluation.scorers.registry`; each family of scorers
 is one module that registers itself on import (``refusal``, ``text``, ``choice``,
-``python``), and this package imports them all, so :data:`SCORERS` is complete once
+``python``, which finds its source with ``user_source``), and this package imports them
+all, so :data:`SCORERS` is complete once
 ``harness.evaluation.scorers`` is imported. A new family is one new module plus one
 import line here. The factories are reached through the registry (:func:`build_scorer`)
 or from their modules.
@@ -33,6 +39,12 @@ or from their modules.
 
 # Importing a family module registers its scorers.
 from harness.evaluation.scorers import choice, python, refusal, text  # noqa: F401
+from harness.evaluation.scorers.outputs import (
+    ScorerOutputError,
+    checked_result,
+    checked_score,
+    score_completion,
+)
 from harness.evaluation.scorers.refusal import REFUSAL_PHRASES, is_refusal, refusal_token_ids
 from harness.evaluation.scorers.registry import (
     SCORERS,
@@ -40,11 +52,15 @@ from harness.evaluation.scorers.registry import (
     Kind,
     LogitsScorer,
     Metric,
+    OptionTypeError,
     Scorer,
     ScoreResult,
     ScorerInfo,
     ScorerOptionError,
+    ScorerShape,
     build_scorer,
+    check_scorer,
+    checked_value,
     register_scorer,
     scorer_info,
     type_problem,
@@ -58,16 +74,24 @@ __all__ = [
     "Kind",
     "LogitsScorer",
     "Metric",
+    "OptionTypeError",
     "ScoreResult",
     "Scorer",
     "ScorerInfo",
     "ScorerOptionError",
+    "ScorerOutputError",
+    "ScorerShape",
     "build_scorer",
+    "check_scorer",
+    "checked_result",
+    "checked_score",
+    "checked_value",
     "count_steps",
     "final_number",
     "is_refusal",
     "refusal_token_ids",
     "register_scorer",
+    "score_completion",
     "scorer_info",
     "type_problem",
 ]

@@ -10,25 +10,39 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.errors import PowersteerError
+from harness.evaluation.scorers.outputs import as_success
 from harness.evaluation.scorers.registry import (
     GenerationScorer,
     LogitsScorer,
     Scorer,
     ScoreResult,
     ScorerOptionError,
+    ScorerShape,
     register_scorer,
 )
+from harness.evaluation.scorers.user_source import find_function_source, split_function_name
 
 
-@register_scorer("python", metric="success")
+def check_python_scorer(function: str, _base_dir: Path | None = None) -> ScorerShape:
+    """The ``python`` scorer's options checked without importing its module (see
+    :mod:`~harness.evaluation.scorers.user_source`): the module is found and the function
+    is defined in it. A function of ``(completion, row)`` gives a success; what a factory
+    builds is known only once it runs."""
+    source = find_function_source(function, _base_dir)
+    return ScorerShape("success" if source.parameters else None)
+
+
+@register_scorer("python", metric="success", check=check_python_scorer)
 def python(function: str, _base_dir: Path | None = None) -> Scorer:
     """A user's own scorer, ``function: module:function``.
 
     ``module`` is imported with importlib (or, failing that, loaded from ``module.py``
     beside the behavior file). The function either takes ``(completion, row)`` and returns
-    a bool, a number, or a :class:`ScoreResult`; or it is itself a factory returning a
-    built scorer (decorate nothing; return a ``GenerationScorer``/``LogitsScorer``).
+    a success (``True``/``False``, or 0/1) or a :class:`ScoreResult`; or it takes no
+    arguments and is a factory returning a built scorer (a ``GenerationScorer`` or
+    ``LogitsScorer``, whose metric may be ``score``). Importing the module runs its code:
+    a behavior naming a ``python`` scorer is trusted code. :func:`check_python_scorer`
+    (what ``powersteer validate`` uses) checks the same without importing anything.
     """
     target = _user_function(function, _base_dir)
     if len(inspect.signature(target).parameters) == 0:
@@ -41,19 +55,14 @@ def python(function: str, _base_dir: Path | None = None) -> Scorer:
         return built
 
     def score(completion: str, row: Mapping[str, Any]) -> ScoreResult:
-        return _as_score_result(target(completion, row), function)
+        return _as_score_result(target(completion, row))
 
     return GenerationScorer(f"python:{function}", "success", score)
 
 
 def _user_function(function: str, base_dir: Path | None) -> Callable[..., Any]:
     """The callable that ``module:attribute.path`` names."""
-    module_name, _, attribute = function.partition(":")
-    if not module_name or not attribute:
-        raise ScorerOptionError(
-            "function", f"{function!r} is not of the form module:function", "write e.g. "
-            "my_scorers:is_polite"
-        )  # fmt: skip
+    module_name, attribute = split_function_name(function)
     target: Any = _import_user_module(module_name, base_dir)
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -67,18 +76,13 @@ def _user_function(function: str, base_dir: Path | None) -> Callable[..., Any]:
     return target
 
 
-def _as_score_result(result: object, function: str) -> ScoreResult:
-    """A user function's return value as a :class:`ScoreResult` (a bool is a success)."""
+def _as_score_result(result: object) -> ScoreResult:
+    """A user function's return value as a :class:`ScoreResult`: a ScoreResult as it is,
+    else a success (a bool, or 0/1); anything else is a :class:`ScorerOutputError`."""
     if isinstance(result, ScoreResult):
         return result
-    if isinstance(result, bool):
-        return ScoreResult(success=result, value=float(result))
-    if isinstance(result, int | float):
-        return ScoreResult(success=None, value=float(result))
-    raise PowersteerError(
-        f"scorer {function} returned {type(result).__name__}; return a bool, a number "
-        "or a ScoreResult"
-    )
+    success = as_success(result)
+    return ScoreResult(success=success, value=float(success))
 
 
 def _import_user_module(module_name: str, base_dir: Path | None) -> Any:

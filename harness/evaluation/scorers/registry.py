@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 
 from harness.engine.models import LanguageModel
 from harness.errors import PowersteerError
@@ -61,20 +61,40 @@ class LogitsScorer:
             raise PowersteerError(f"{len(prompts)} prompts but {len(rows)} rows; pass one each")
         if len(prompts) == 0:
             return []
-        return self.function(lm, prompts, rows)
+        values = list(self.function(lm, prompts, rows))
+        if len(values) != len(prompts):
+            raise PowersteerError(
+                f"scorer {self.name!r} returned {len(values)} values for {len(prompts)} "
+                "prompts; return one value per prompt"
+            )
+        return values
 
 
 Scorer = GenerationScorer | LogitsScorer
 
 
 @dataclass(frozen=True)
+class ScorerShape:
+    """What a scorer spec is known to give before anything runs: its metric (None when only
+    building it can tell) and the row fields it reads."""
+
+    metric: Metric | None
+    row_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ScorerInfo:
-    """A registered scorer type: its factory, metric, kind and documentation."""
+    """A registered scorer type: its factory, metric, kind and documentation.
+
+    ``check``, when set, takes the same options as ``factory`` and checks them without
+    running user code (a ``python`` scorer's factory imports the user's module).
+    """
 
     name: str
     factory: Callable[..., Scorer]
     metric: Metric
     kind: Kind
+    check: Callable[..., ScorerShape] | None = None
 
     @property
     def doc(self) -> str:
@@ -88,14 +108,22 @@ SCORERS: dict[str, ScorerInfo] = {}
 
 
 def register_scorer(
-    name: str, *, metric: Metric, kind: Kind = "generation"
+    name: str,
+    *,
+    metric: Metric,
+    kind: Kind = "generation",
+    check: Callable[..., ScorerShape] | None = None,
 ) -> Callable[[Callable[..., Scorer]], Callable[..., Scorer]]:
-    """Register a scorer factory under ``name``; its keyword arguments are the options."""
+    """Register a scorer factory under ``name``; its keyword arguments are the options.
+
+    A factory that runs user code gives ``check``: the same options, checked without
+    running it (``powersteer validate`` uses it; see :func:`check_scorer`).
+    """
 
     def decorator(factory: Callable[..., Scorer]) -> Callable[..., Scorer]:
         if name in SCORERS:
             raise ValueError(f"scorer {name!r} is already registered")
-        SCORERS[name] = ScorerInfo(name=name, factory=factory, metric=metric, kind=kind)
+        SCORERS[name] = ScorerInfo(name, factory, metric, kind, check)
         return factory
 
     return decorator
@@ -120,6 +148,35 @@ def build_scorer(
     missing or mistyped option is one :class:`PowersteerError` naming ``where.option``.
     ``base_dir`` is where a ``python`` scorer's module may also be found as a file.
     """
+    info, checked = _checked_spec(spec, where, base_dir)
+    try:
+        return info.factory(**checked)
+    except ScorerOptionError as error:
+        _fail(f"{where}.{error.option}", error.problem, error.fix)
+
+
+def check_scorer(
+    spec: Mapping[str, Any], *, where: str = "scorer", base_dir: Path | None = None
+) -> ScorerShape:
+    """Check a scorer spec as :func:`build_scorer` does, without running user code.
+
+    A scorer registered with a ``check`` (``python``) is checked by it, so its module is
+    located and read but not imported; any other is built, which runs only harness code.
+    """
+    info, checked = _checked_spec(spec, where, base_dir)
+    try:
+        if info.check is not None:
+            return info.check(**checked)
+        built = info.factory(**checked)
+    except ScorerOptionError as error:
+        _fail(f"{where}.{error.option}", error.problem, error.fix)
+    return ScorerShape(built.metric, built.row_fields)
+
+
+def _checked_spec(
+    spec: Mapping[str, Any], where: str, base_dir: Path | None
+) -> tuple[ScorerInfo, dict[str, Any]]:
+    """The registered scorer ``spec`` names and its checked options (``_base_dir`` added)."""
     if "type" not in spec:
         known = ", ".join(sorted(SCORERS))
         _fail(f"{where}.type", "missing scorer type", f"add type: one of {known}")
@@ -128,10 +185,7 @@ def build_scorer(
     checked = _checked_options(info, options, where)
     if "_base_dir" in info.options():
         checked["_base_dir"] = base_dir
-    try:
-        return info.factory(**checked)
-    except ScorerOptionError as error:
-        _fail(f"{where}.{error.option}", error.problem, error.fix)
+    return info, checked
 
 
 def _checked_options(info: ScorerInfo, options: dict[str, Any], where: str) -> dict[str, Any]:
@@ -161,11 +215,36 @@ def _checked_options(info: ScorerInfo, options: dict[str, Any], where: str) -> d
     checked: dict[str, Any] = {}
     for key, value in options.items():
         try:
-            checked[key] = TypeAdapter(hints.get(key, Any)).validate_python(value)
-        except ValidationError as error:
-            problem, fix = type_problem(error.errors()[0]["msg"], value)
-            _fail(f"{where}.{key}", problem, fix)
+            checked[key] = checked_value(hints.get(key, Any), value)
+        except OptionTypeError as error:
+            _fail(f"{where}.{key}", error.problem, error.fix)
     return checked
+
+
+class OptionTypeError(ValueError):
+    """An option value of the wrong type: ``problem`` ("should be ..., got ...") and ``fix``."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.problem, self.fix = problem, fix
+
+
+# Options are finite: a NaN or infinite tolerance, radius or step size gives numbers that
+# look like results, so it is refused where it is written.
+_FINITE = ConfigDict(allow_inf_nan=False)
+
+
+def checked_value(hint: Any, value: Any) -> Any:
+    """``value`` as type ``hint`` (pydantic's lax coercion; numbers must be finite), or an
+    :class:`OptionTypeError` saying what was expected. Scorer and method options use it."""
+    try:
+        adapter = TypeAdapter(hint, config=_FINITE)
+    except PydanticUserError:  # a type that carries its own config takes none
+        adapter = TypeAdapter(hint)
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as error:
+        raise OptionTypeError(*type_problem(error.errors()[0]["msg"], value)) from None
 
 
 class ScorerOptionError(Exception):
