@@ -8,13 +8,18 @@ The schema, every key with its default, is documented at the top of
 * :mod:`~harness.evaluation.behaviors.sources` -- the ``prompts:``/``contrast:`` section
   and reading its rows from a file or a Hugging Face dataset;
 * :mod:`~harness.evaluation.behaviors.loading` -- :func:`load_behavior`: the YAML file
-  read, validated and checked against its data;
+  read, validated and checked against its data, running no user code;
 * :mod:`~harness.evaluation.behaviors.messages` -- a pydantic error as the one line
   ``key: problem; fix``;
 * :mod:`~harness.evaluation.behaviors.scaffold` -- the file ``powersteer new`` writes.
 """
 
-from harness.evaluation.behaviors.loading import load_behavior
+from harness.evaluation.behaviors.loading import (
+    check_prompt_count,
+    check_row_fields,
+    check_scorer_fits,
+    load_behavior,
+)
 from harness.evaluation.behaviors.messages import dotted_key, format_validation_error
 from harness.evaluation.behaviors.scaffold import (
     SCAFFOLD,
@@ -24,6 +29,7 @@ from harness.evaluation.behaviors.scaffold import (
 )
 from harness.evaluation.behaviors.schema import (
     BASELINES,
+    BEHAVIOR_NAME,
     Behavior,
     Coherence,
     Expect,
@@ -46,6 +52,7 @@ from harness.evaluation.behaviors.sources import (
 
 __all__ = [
     "BASELINES",
+    "BEHAVIOR_NAME",
     "PROMPT_SUFFIXES",
     "SCAFFOLD",
     "SCAFFOLD_ROWS",
@@ -60,6 +67,9 @@ __all__ = [
     "ScorerSpec",
     "Split",
     "Steering",
+    "check_prompt_count",
+    "check_row_fields",
+    "check_scorer_fits",
     "create_behavior",
     "dotted_key",
     "format_validation_error",

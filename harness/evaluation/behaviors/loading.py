@@ -14,16 +14,17 @@ from pydantic import ValidationError
 from harness.errors import PowersteerError
 from harness.evaluation.behaviors.messages import format_validation_error
 from harness.evaluation.behaviors.schema import Behavior
-from harness.evaluation.behaviors.sources import PromptSource, load_prompt_rows
-from harness.evaluation.scorers import Scorer
+from harness.evaluation.behaviors.sources import load_prompt_rows
+from harness.evaluation.scorers import GenerationScorer, LogitsScorer, Scorer, ScorerShape
 
 
 def load_behavior(path: str | os.PathLike[str], *, check_data: bool = True) -> Behavior:
     """Read, validate and return the behavior in YAML file ``path``.
 
-    Beyond the schema, the scorer and its options are checked, and (``check_data``) local
-    prompt files are read: they must exist, hold rows, and have the prompt field and the
-    fields the scorer reads. Hugging Face datasets are not downloaded here.
+    Beyond the schema, the scorer and its options are checked without running user code (a
+    ``python`` scorer's module is found and read, not imported), and (``check_data``) local
+    prompt files are read: they must exist, hold at least 2 prompts, and have the prompt
+    field and the fields the scorer reads. Hugging Face datasets are not downloaded here.
     """
     path = Path(path)
     if not path.is_file():
@@ -37,41 +38,62 @@ def load_behavior(path: str | os.PathLike[str], *, check_data: bool = True) -> B
     except ValidationError as error:
         raise PowersteerError(f"{path}: {format_validation_error(error)}") from None
     try:
-        scorer = behavior.make_scorer()
+        shape = behavior.check_scorer()
     except PowersteerError as error:
         raise PowersteerError(f"{path}: {error}") from None
-    if scorer.metric != "success" and behavior.expect.min_success is not None:
-        raise PowersteerError(
-            f"{path}: expect.min_success: scorer {scorer.name!r} gives a continuous score, "
-            "not success; remove min_success (compare methods with expect.beats) or use a "
-            "success scorer"
-        )
+    check_scorer_fits(behavior, shape)
     if check_data:
-        _check_prompt_files(behavior, scorer, path)
+        _check_prompt_files(behavior, shape.row_fields, path)
     return behavior
 
 
-def _check_prompt_files(behavior: Behavior, scorer: Scorer, path: Path) -> None:
-    """Read the local prompt files (not hf datasets) and check the fields the scorer reads."""
+def check_scorer_fits(behavior: Behavior, scorer: Scorer | ScorerShape) -> None:
+    """The behavior's ``expect:`` asks for what the scorer gives (a ``python`` scorer's
+    metric is known once it is built, at run, which calls this again)."""
+    if scorer.metric == "score" and behavior.expect.min_success is not None:
+        name = f" {scorer.name!r}" if isinstance(scorer, GenerationScorer | LogitsScorer) else ""
+        raise PowersteerError(
+            f"{behavior.path or behavior.name}: expect.min_success: scorer{name} gives a "
+            "continuous score, not success; remove min_success (compare methods with "
+            "expect.beats) or use a success scorer"
+        )
+
+
+def check_row_fields(behavior: Behavior, rows: list[dict[str, Any]], fields: Sequence[str]) -> None:
+    """Every prompt row holds each of ``fields`` (the row keys the scorer reads)."""
+    origin = behavior.prompts.path or behavior.prompts.hf
+    key = "prompts.path" if behavior.prompts.path is not None else "prompts.hf"
+    for field in fields:
+        for index, row in enumerate(rows):
+            if field not in row:
+                raise PowersteerError(
+                    f"{behavior.path or behavior.name}: {key}: row {index} of {origin} lacks "
+                    f"field {field!r} that the scorer reads; add it to every row or change "
+                    "the scorer's option"
+                )
+
+
+def check_prompt_count(behavior: Behavior, count: int) -> None:
+    """A sweep needs two prompts: one to select on and one to report on."""
+    if count < 2:
+        origin = behavior.prompts.path or behavior.prompts.hf
+        raise PowersteerError(
+            f"{behavior.path or behavior.name}: prompts: {origin} gives {count} prompt "
+            "(after limit); a sweep needs at least 2 (one to select the vector and scale on, "
+            "one to report on); add prompts"
+        )
+
+
+def _check_prompt_files(behavior: Behavior, fields: Sequence[str], path: Path) -> None:
+    """Read the local prompt files (not hf datasets); check the prompt count and the fields
+    the scorer reads."""
     for where, spec in (("prompts", behavior.prompts), ("contrast", behavior.contrast)):
         if spec is None or spec.path is None:
             continue
         rows = load_prompt_rows(spec, behavior.base_dir, where=where, source=path)
         if where == "prompts":
-            _check_row_fields(rows, scorer.row_fields, spec, path)
-
-
-def _check_row_fields(
-    rows: list[dict[str, Any]], fields: Sequence[str], spec: PromptSource, path: Path
-) -> None:
-    """Every row holds each of ``fields`` (the row keys the scorer reads)."""
-    for field in fields:
-        for index, row in enumerate(rows):
-            if field not in row:
-                raise PowersteerError(
-                    f"{path}: prompts.path: row {index} of {spec.path} lacks field {field!r} "
-                    "that the scorer reads; add it to every row or change the scorer's option"
-                )
+            check_prompt_count(behavior, len(rows))
+            check_row_fields(behavior, rows, fields)
 
 
 def _read_yaml(path: Path) -> dict[Any, Any]:

@@ -48,8 +48,11 @@ def _format_problem(problem: Any) -> str:
         return f"{key}: missing required key; add {hint}"
     if kind == "value_error":
         text = message.removeprefix("Value error, ")
-        # Cross-section checks put their key first ("steering.methods: ...").
-        return text if not key or re.match(r"^[\w.\[\]]+: ", text) else f"{key}: {text}"
+        # A check may put its key first: relative to the section it checks
+        # ("options.melbo.steps: ..." in steering), or whole for a cross-section check.
+        if re.match(r"^[\w.\[\]]+: ", text):
+            return f"{key}.{text}" if key else text
+        return f"{key}: {text}" if key else text
     text, fix = type_problem(message, problem.get("input"))
     return f"{key}: {text}; {fix}"
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from harness.errors import PowersteerError
+from harness.evaluation.behaviors.schema import BEHAVIOR_NAME
 from harness.evaluation.scorers import SCORERS
 from harness.files import atomic_write_text
 
@@ -72,9 +73,10 @@ def create_behavior(name: str, directory: str | os.PathLike[str] = "behaviors") 
     Refuses to overwrite an existing behavior. Returns the paths written. Each file is
     written to a temporary name and renamed, so nothing half-written is left behind.
     """
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+    if not re.fullmatch(BEHAVIOR_NAME, name):
         raise PowersteerError(
-            f"behavior name {name!r} has characters other than letters, digits, '_', '-', '.'; "
+            f"behavior name {name!r} is not a safe file name (letters, digits, '_', '-' and "
+            "'.', not starting with '.' or '-', at most 128 characters); "
             "choose a name such as my_behavior"
         )
     directory = Path(directory)

@@ -3,7 +3,7 @@
 Schema (every section but ``name``, ``prompts`` and ``scorer`` is optional; an unknown key
 anywhere is an error)::
 
-    name: anti_refusal                # letters, digits, '_', '-', '.'
+    name: anti_refusal                # a file name: letters, digits, '_', '-', '.'
     description: free text
     prompts:                          # the prompts to steer
       path: data/requests.jsonl       # .jsonl, .json, .csv or .txt, relative to this file
@@ -51,11 +51,13 @@ pydantic's errors that way). ``prompts:`` and ``contrast:`` are
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -64,11 +66,19 @@ from pydantic import (
     model_validator,
 )
 
+from harness.engine.layers import resolve_layer_pair
 from harness.engine.methods import METHODS, ranked_methods
 from harness.engine.prompts import DEFAULT_TARGET_TOKENS, check_target_tokens
 from harness.errors import PowersteerError
 from harness.evaluation.behaviors.sources import PromptSource, load_prompt_rows
-from harness.evaluation.scorers import Scorer, build_scorer
+from harness.evaluation.scorers import (
+    OptionTypeError,
+    Scorer,
+    ScorerShape,
+    build_scorer,
+    check_scorer,
+    checked_value,
+)
 
 # Every registered method, in report order: the registry is the one list of methods.
 MethodName = Literal[tuple(info.name for info in ranked_methods())]  # type: ignore[valid-type]
@@ -91,6 +101,26 @@ def _check_layer(value: object) -> object:
 
 
 Layer = Annotated[int | float, BeforeValidator(_check_layer)]
+# NaN or infinity is refused where it is written: a NaN scale steers by NaN and the cells
+# come back as plausible-looking garbage.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+# A behavior's name names directories and files (``--steer-out/<name>/``), so it is a
+# plain file name: no separators, and never ``.`` or ``..`` (it cannot start with a dot).
+BEHAVIOR_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+
+
+def _check_name(value: str) -> str:
+    if not re.fullmatch(BEHAVIOR_NAME, value):
+        raise ValueError(
+            f"{value!r} is not a safe file name (the name names the behavior's run "
+            "directory); use letters, digits, '_', '-' and '.', not starting with '.' or "
+            "'-', at most 128 characters, e.g. my_behavior"
+        )
+    return value
+
+
+BehaviorName = Annotated[str, AfterValidator(_check_name)]
 
 
 class _Section(BaseModel):
@@ -118,7 +148,7 @@ class ScorerSpec(BaseModel):
 
 class Generation(_Section):
     max_new_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)
+    temperature: FiniteFloat = Field(default=0.0, ge=0.0)
 
 
 def _check_target_tokens(value: object) -> object:
@@ -137,7 +167,7 @@ class Steering(_Section):
     source_layer: Layer = 0.25
     target_layer: Layer = 0.75
     num_vectors: int = Field(default=8, ge=1)
-    scales: list[float] = Field(default_factory=lambda: [0, 0.5, 1, 2, 4, 8], min_length=1)
+    scales: list[FiniteFloat] = Field(default_factory=lambda: [0, 0.5, 1, 2, 4, 8], min_length=1)
     target_tokens: Annotated[
         int | Literal["all", "all_but_first"] | None, BeforeValidator(_check_target_tokens)
     ] = Field(default=None, validate_default=True)
@@ -146,7 +176,7 @@ class Steering(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> Steering:
         for method, options in self.options.items():
-            _check_method_options(method, options)
+            self.options[method] = _checked_method_options(method, options)
         repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
         if repeated:
             raise ValueError(f"{repeated[0]!r} is listed twice in methods; list each once")
@@ -157,13 +187,24 @@ class Steering(_Section):
                 f"target_layer {target!r} is not after source_layer {source!r}; "
                 "steering only reaches later blocks, so choose target_layer > source_layer"
             )
+        if not _fits_some_depth(source, target):
+            raise ValueError(
+                f"target_layer {target!r} is not after source_layer {source!r} in a model of "
+                "any depth (a fraction counts from the first block, a negative index from the "
+                "last); choose a later target_layer or an earlier source_layer"
+            )
         return self
 
 
-def _check_method_options(method: str, options: dict[str, Any]) -> None:
-    """Options must be keyword arguments of the method's function (not the ones the sweep sets)."""
-    accepted = list(METHODS[method].options)
-    for key in options:
+def _checked_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the method's function: each a keyword argument of it (not
+    one the sweep sets) with a value of its annotated type (finite numbers), coerced the way
+    scorer options are; a mistake is a ``ValueError`` naming ``options.METHOD.KEY``."""
+    info = METHODS[method]
+    accepted = list(info.options)
+    types = info.option_types()
+    checked = {}
+    for key, value in options.items():
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -171,6 +212,27 @@ def _check_method_options(method: str, options: dict[str, Any]) -> None:
                 f"options.{method}: {method} has no option {key!r}; "
                 f"{hint}its options are: {', '.join(accepted) or 'none'}"
             )
+        try:
+            checked[key] = checked_value(types[key], value)
+        except OptionTypeError as error:
+            raise ValueError(f"options.{method}.{key}: {error}") from None
+    return checked
+
+
+# The deepest model a layer pair is tried on when no model is given: deeper than any
+# released transformer, so a pair that fits none of these depths fits no model.
+_DEEPEST_MODEL = 1024
+
+
+def _fits_some_depth(source: int | float, target: int | float) -> bool:
+    """Whether the layer pair resolves (target after source) for some model depth."""
+    for depth in range(1, _DEEPEST_MODEL + 1):
+        try:
+            resolve_layer_pair(source, target, depth)
+        except PowersteerError:
+            continue
+        return True
+    return False
 
 
 class Coherence(_Section):
@@ -207,7 +269,7 @@ class Expect(_Section):
 class Behavior(_Section):
     """A validated behavior. :func:`load_behavior` also records the file it came from."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: BehaviorName
     description: str = ""
     prompts: PromptSource
     contrast: PromptSource | None = None
@@ -241,6 +303,12 @@ class Behavior(_Section):
                     f"expect.methods[{index}]: {name!r} is not one of steering.methods "
                     f"({', '.join(self.steering.methods)}); list a method the sweep runs"
                 )
+        if self.prompts.limit is not None and self.prompts.limit < 2:
+            raise ValueError(
+                f"prompts.limit: {self.prompts.limit} leaves one prompt; a sweep needs at "
+                "least 2 (one to select the vector and scale on, one to report on); "
+                "set limit: 2 or more"
+            )
         allowed = [*BASELINES, *self.steering.methods]
         for index, name in enumerate(self.expect.beats):
             if name not in allowed:
@@ -268,8 +336,13 @@ class Behavior(_Section):
         return self._path.parent if self._path is not None else Path.cwd()
 
     def make_scorer(self) -> Scorer:
-        """The built scorer (see :mod:`harness.evaluation.scorers`)."""
+        """The built scorer (see :mod:`harness.evaluation.scorers`). A ``python`` scorer's
+        module is imported, running its code: only ``run`` does this."""
         return build_scorer(self.scorer.as_dict(), base_dir=self.base_dir)
+
+    def check_scorer(self) -> ScorerShape:
+        """The scorer checked without running user code (what ``validate`` does)."""
+        return check_scorer(self.scorer.as_dict(), base_dir=self.base_dir)
 
     def prompt_rows(self) -> list[dict[str, Any]]:
         return load_prompt_rows(self.prompts, self.base_dir, where="prompts", source=self._path)

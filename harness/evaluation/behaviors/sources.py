@@ -73,8 +73,10 @@ def load_prompt_rows(
 ) -> list[dict[str, Any]]:
     """The rows of a prompt source, each a dict holding at least ``spec.field``.
 
-    Files (``.jsonl``, ``.json``, ``.csv``, ``.txt`` one prompt a line) resolve against
-    ``base_dir``; ``hf:`` datasets load with ``datasets.load_dataset``. ``spec.limit``
+    Files (``.jsonl``, ``.json``, ``.csv``, ``.txt`` one prompt a line) are absolute or
+    resolve against ``base_dir``, ``..`` and symlinks followed: a behavior may read any such
+    file its user can (the README says so); ``hf:`` datasets load with
+    ``datasets.load_dataset``. ``spec.limit``
     keeps the first rows. ``where`` and ``source`` (the YAML file) name the place in
     error messages.
     """
