@@ -35,6 +35,7 @@ from harness.evaluation.analysis import select_cells, selected_table
 from harness.evaluation.behaviors import Behavior, load_behavior
 from harness.evaluation.cache import ResultCache, model_fingerprint
 from harness.evaluation.cells import UNSTEERED
+from harness.evaluation.checks import check_before_run
 from harness.evaluation.coherence import mark_coherent
 from harness.evaluation.report import write_report
 from harness.evaluation.run_dir import (
@@ -115,6 +116,7 @@ def run(
         else load_model(model, dtype=dtype, device=device or "cpu")
     )
     model_name = lm.name if isinstance(model, LanguageModel) else str(model)
+    check_before_run(lm, specs)  # every mistake knowable now, before minutes of vectors
     run_dir = Path(out) if out is not None else default_run_dir(model_name, files, seed)
     with directory_lock(run_dir, wait=wait, what="run"):
         mark_incomplete(run_dir)

@@ -59,7 +59,45 @@ def prepare_behavior(lm: LanguageModel, behavior: Behavior) -> PreparedBehavior:
         )
     except PowersteerError as error:
         raise PowersteerError(f"{where}: steering: {error}") from None
+    check_prompt_lengths(lm, behavior, prompts, contrast)
     return PreparedBehavior(behavior, rows, prompts, contrast, select, test, source, target)
+
+
+def context_length(lm: LanguageModel) -> int | None:
+    """The most tokens the model takes: its config's ``max_position_embeddings`` or the
+    tokenizer's ``model_max_length``, whichever is finite (the smaller if both are); None
+    when neither says. (Tokenizers without a limit report about 1e30.)"""
+    limits = [
+        getattr(lm.model.config, "max_position_embeddings", None),
+        getattr(lm.tokenizer, "model_max_length", None),
+    ]
+    finite = [int(n) for n in limits if isinstance(n, int | float) and 0 < n < 10**9]
+    return min(finite) if finite else None
+
+
+def check_prompt_lengths(
+    lm: LanguageModel, behavior: Behavior, prompts: list[str], contrast: list[str] | None
+) -> None:
+    """Every final prompt, with the completion generated after it, fits the model's context.
+
+    A prompt past the context is no error in the model's code but a huge allocation or
+    garbage positions, minutes into a run; here it is one line naming the prompt.
+    """
+    limit = context_length(lm)
+    if limit is None:
+        return
+    room = behavior.generation.max_new_tokens
+    where = behavior.path or behavior.name
+    for section, texts, extra in (("prompts", prompts, room), ("contrast", contrast or [], 0)):
+        lengths = [len(ids) for ids in lm.tokenizer(texts)["input_ids"]] if texts else []
+        for index, length in enumerate(lengths):
+            if length + extra > limit:
+                needs = f"{length} tokens" + (f" + {extra} generated" if extra else "")
+                raise PowersteerError(
+                    f"{where}: {section}: prompt {index} is {needs} after the chat template, "
+                    f"over model {lm.name!r}'s context of {limit} tokens; shorten that prompt"
+                    + (" or lower generation.max_new_tokens" if extra else "")
+                )
 
 
 def final_prompts(lm: LanguageModel, texts: list[str], spec: Any) -> list[str]:
