@@ -12,6 +12,11 @@ Items of one behavior share an xdist group; with any distribution mode a file lo
 behavior makes a second worker wait and read the first one's cached cells instead of
 computing the same vectors again.
 
+Collection reads each behavior file without running code it names (a ``python`` scorer's
+module is found and read, not imported); the import happens when the item runs. Nothing is
+written outside ``--steer-out``: a behavior's name is a plain file name, and its run
+directory is checked to resolve inside ``--steer-out``.
+
 Fixtures for ``test_*.py`` files: ``steer_model`` (the loaded model), ``steer_behavior``
 (load a behavior file) and ``steer_run`` (sweep a behavior file, cached per worker;
 returns a :class:`harness.evaluation.pipeline.RunResult` with ``.results``, ``.sweeps`` and
@@ -28,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from harness.errors import PowersteerError
+from harness.files import atomic_write_json
 
 BASELINE_FILE = "baseline.json"
 PARTS_DIR = ".baseline-parts"
@@ -133,7 +141,7 @@ class _State:
             from harness.evaluation.pipeline import run
 
             behavior = load_behavior(behavior_file)
-            run_dir = self.out / behavior.name
+            run_dir = behavior_run_dir(self.out, behavior.name)
             run_dir.mkdir(parents=True, exist_ok=True)
             with FileLock(str(run_dir / ".lock")):
                 self._runs[behavior_file] = run(
@@ -145,11 +153,28 @@ class _State:
 _STATE = pytest.StashKey[_State]()
 
 
+def behavior_run_dir(out: Path, name: str) -> Path:
+    """``out/name``, verified to lie inside ``out``: the plugin writes nowhere else.
+
+    The behavior schema already allows only plain file names; this refuses anything that
+    still resolves elsewhere (``..``, a separator, a symlink out of ``out``).
+    """
+    root = out.resolve()
+    run_dir = (root / name).resolve()
+    if run_dir.parent != root:
+        raise PowersteerError(
+            f"behavior name {name!r} would put its run directory at {run_dir}, outside "
+            f"--steer-out {root}; give the behavior a plain file name such as my_behavior"
+        )
+    return run_dir
+
+
 class BehaviorFile(pytest.File):
     """A behavior YAML file: one item per method held to its ``expect:``."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        from harness.errors import PowersteerError
+        # Imported here: the behaviors import torch, which a session without evals skips.
+        # load_behavior runs no user code, so collecting never imports a python scorer.
         from harness.evaluation.behaviors import load_behavior
 
         try:
@@ -220,19 +245,15 @@ class SteeringItem(pytest.Item):
     def _write_part(self, baseline_path: Path, current: dict[str, Any]) -> None:
         parts = self.config.stash[_STATE].parts_dir
         parts.mkdir(parents=True, exist_ok=True)
-        part = parts / f"{self.behavior.name}__{self.method}.json"
-        partial = part.with_name(part.name + ".partial")
-        partial.write_text(
-            json.dumps(
-                {
-                    "baseline": str(baseline_path.resolve()),
-                    "behavior": self.behavior.name,
-                    "method": self.method,
-                    "value": current,
-                }
-            )
+        atomic_write_json(
+            parts / f"{self.behavior.name}__{self.method}.json",
+            {
+                "baseline": str(baseline_path.resolve()),
+                "behavior": self.behavior.name,
+                "method": self.method,
+                "value": current,
+            },
         )
-        partial.replace(part)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         if isinstance(excinfo.value, SteeringFailure):
