@@ -13,6 +13,7 @@ from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.report import (
     Block,
     build_blocks,
+    identifiability_text,
     render_html,
     render_markdown,
     summary_table,
@@ -225,3 +226,21 @@ def test_a_hand_built_run_escapes_its_completions_in_html():
     assert "<script>" not in page
     assert "completion: a &lt;script&gt;alert(1)&lt;/script&gt; &amp; b" in page
     assert links_of(page).links == []
+
+
+POWER_META = {"residuals": [1e-4, 2e-4, 4e-4], "converged": True, "iterations": 4,
+              "options": {"solver": "krylov", "tol": 1e-3, "band_gap": 0.05}}  # fmt: skip
+
+
+def test_identifiability_says_when_the_selected_vector_is_one_of_a_band():
+    text = identifiability_text({**POWER_META, "bands": [[0], [1, 2]], "selected": {"vector": 2}})
+    assert "converged after 4 steps" in text and "4.0e-04" in text
+    assert "(v1–v2)" in text and "The selected vector v2 lies in a band" in text
+    alone = identifiability_text({**POWER_META, "bands": [[0], [1, 2]], "selected": {"vector": 0}})
+    assert "(v1–v2)" in alone and "selected vector" not in alone
+
+
+def test_identifiability_says_plainly_when_the_solver_did_not_converge():
+    meta = {**POWER_META, "converged": False, "bands": [[0], [1], [2]], "selected": None}
+    text = identifiability_text(meta)
+    assert "did NOT converge" in text and "Every vector is individually determined" in text

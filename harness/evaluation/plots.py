@@ -71,11 +71,23 @@ def plot_success_vs_scale(rates: pd.DataFrame, path: str | os.PathLike[str]) -> 
     return _save(figure, path)
 
 
-def plot_spectra(values: dict[str, list[float]], path: str | os.PathLike[str]) -> Path:
-    """Power Steering's singular values σ_i per named set (one line each, log scale)."""
+def plot_spectra(
+    values: dict[str, list[float]],
+    path: str | os.PathLike[str],
+    bands: dict[str, list[list[int]]] | None = None,
+) -> Path:
+    """Power Steering's singular values σ_i per named set (one line each, log scale), with
+    each band of nearly equal values (only its span determined) shaded in the line's colour."""
     figure, axes = plt.subplots(figsize=(5.6, 3.8))
     for name, sigma in values.items():
-        axes.plot(range(1, len(sigma) + 1), sigma, marker="o", ms=3, label=name.split("/")[0])
+        (line,) = axes.plot(
+            range(1, len(sigma) + 1), sigma, marker="o", ms=3, label=name.split("/")[0]
+        )
+        for band in (bands or {}).get(name, []):
+            if len(band) > 1:
+                axes.axvspan(band[0] + 0.7, band[-1] + 1.3, color=line.get_color(), alpha=0.12)
+    if any(len(band) > 1 for groups in (bands or {}).values() for band in groups):
+        axes.plot([], [], color="grey", alpha=0.3, lw=6, label="band: only the span is determined")
     axes.set_yscale("log")
     axes.set_xlabel("index i")
     axes.set_ylabel("singular value σ_i")

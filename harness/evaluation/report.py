@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,6 +270,9 @@ def _behavior_blocks(
             ),
         )
     )
+    power = vector_metadata.get(f"{behavior}/power")
+    if power is not None and power.get("bands") is not None:
+        blocks.append(Block("text", identifiability_text(power)))
     rates = rate_table(rows)
     blocks.append(Block("heading", "Rates by scale (test prompts)", 3))
     blocks.append(Block("table", format_rates(rates, metric)))
@@ -359,6 +363,39 @@ def _inline_code(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
 
 
+def identifiability_text(meta: dict) -> str:
+    """What Power Steering's vectors are worth individually: convergence, bands, and
+    whether the selected vector is one of a band (then any rotation inside it is as good)."""
+    residuals = meta.get("residuals") or []
+    options = meta.get("options", {})
+    verdict = "converged" if meta.get("converged") else "did NOT converge"
+    parts = [
+        f"Power Steering ({options.get('solver', 'power')}) {verdict} after "
+        f"{meta.get('iterations')} steps: largest relative residual "
+        f"{max(residuals) if residuals else math.nan:.1e} "
+        f"(tol {options.get('tol')})."
+    ]
+    shared = [band for band in meta["bands"] if len(band) > 1]
+    gap = options.get("band_gap")
+    if shared:
+        listed = "; ".join(f"v{band[0]}–v{band[-1]}" for band in shared)
+        parts.append(
+            f"Bands of singular values within {gap} of each other ({listed}): only each band's "
+            "span is determined, not its individual vectors."
+        )
+    else:
+        parts.append(f"Every vector is individually determined (no two σ within {gap}).")
+    chosen = (meta.get("selected") or {}).get("vector")
+    band_of_chosen = next((band for band in shared if chosen in band), None)
+    if band_of_chosen is not None:
+        parts.append(
+            f"The selected vector v{chosen} lies in a band: another run (seed, prompts) can "
+            "return a different vector of the same span, so its effect is the band's, "
+            "not a stable direction's."
+        )
+    return " ".join(parts)
+
+
 def _plots(
     run_dir: Path, results: pd.DataFrame, vector_metadata: dict[str, dict]
 ) -> dict[str, Path]:
@@ -372,9 +409,11 @@ def _plots(
     costs = cost_table(vector_metadata)
     if not costs.empty:
         plots["cost"] = plot_cost(costs, run_dir / "cost.png")
-    spectra = {
-        name: meta["values"] for name, meta in vector_metadata.items() if meta["method"] == "power"
-    }
-    if spectra:
-        plots["spectrum"] = plot_spectra(spectra, run_dir / "spectrum.png")
+    power = {name: meta for name, meta in vector_metadata.items() if meta["method"] == "power"}
+    if power:
+        plots["spectrum"] = plot_spectra(
+            {name: meta["values"] for name, meta in power.items()},
+            run_dir / "spectrum.png",
+            bands={name: meta.get("bands") or [] for name, meta in power.items()},
+        )
     return plots
