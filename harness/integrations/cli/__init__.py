@@ -13,6 +13,13 @@ from collections.abc import Sequence
 
 from harness.errors import PowersteerError
 from harness.integrations.cli.behaviors import add_behavior_commands
+from harness.integrations.cli.failures import (
+    INTERRUPTED_EXIT,
+    end_progress_bars,
+    interrupted_message,
+    one_line_warnings,
+    write_problem,
+)
 from harness.integrations.cli.models import add_models_commands
 from harness.integrations.cli.run import add_run_commands
 from harness.integrations.cli.vectors import add_map_command, add_vectors_command
@@ -53,21 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``powersteer ARGV``; a :class:`PowersteerError` is one line on stderr and exit 2."""
+    """Run ``powersteer ARGV``. What is not a bug is one line on stderr: a
+    :class:`PowersteerError` or a path that cannot be written (exit 2), Ctrl-C (exit 130),
+    each :class:`~harness.errors.PowersteerWarning`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["lm-eval"] and argv[1:2] not in (["-h"], ["--help"]):
-        # Every argument after lm-eval is lm-eval's; argparse would claim the options.
-        # Imports torch: not needed for --help.
-        from harness.integrations.lm_eval_model import lm_eval_main
+    with one_line_warnings():
+        if argv[:1] == ["lm-eval"] and argv[1:2] not in (["-h"], ["--help"]):
+            # Every argument after lm-eval is lm-eval's; argparse would claim the options.
+            # Imports torch: not needed for --help.
+            from harness.integrations.lm_eval_model import lm_eval_main
 
-        return lm_eval_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+            return lm_eval_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        return _handle(args)
+
+
+def _handle(args: argparse.Namespace) -> int:
     try:
         return int(args.handler(args))
     except PowersteerError as error:
-        print(f"powersteer {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        message, code = f"powersteer {args.command}: error: {error}", 2
+    except KeyboardInterrupt:
+        message, code = interrupted_message(args.command), INTERRUPTED_EXIT
+    except OSError as error:
+        problem = write_problem(error, args)
+        if problem is None:
+            raise  # not a path the user chose nor the machine's state: a bug
+        message, code = problem, 2
+    end_progress_bars()
+    print(message, file=sys.stderr)
+    return code
 
 
 __all__ = ["EXAMPLES", "build_parser", "main"]
