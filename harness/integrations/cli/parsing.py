@@ -1,9 +1,12 @@
-"""What every ``powersteer`` subcommand's parser shares: help, description, examples."""
+"""What ``powersteer`` subcommands' parsers share: help, description, examples, ``--out`` checks."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import PowersteerError
 
 
 def add_command(
@@ -23,3 +26,26 @@ def add_command(
         epilog="\n  ".join([f"{label}:", *examples]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def add_no_wait_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-wait``: stop at once when another process holds the ``--out`` directory."""
+    parser.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="stop at once if another powersteer process is using --out, instead of waiting",
+    )
+
+
+def require_directory(path: Path | None, flag: str = "--out") -> None:
+    """Refuse, before any work, a ``flag`` naming a file or a path under a file."""
+    if path is None:
+        return
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "a file" if existing == path else f"under {existing}, which is a file"
+        raise PowersteerError(
+            f"{flag} {path} is {what}, not a directory; give a directory path (it is created "
+            "if missing) or remove the file"
+        )

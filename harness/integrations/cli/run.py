@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.integrations.cli.parsing import add_command
+from harness.integrations.cli.parsing import add_command, add_no_wait_flag, require_directory
 
 
 def add_run_commands(commands: argparse._SubParsersAction) -> None:
@@ -62,6 +62,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         default=512,
         help="prompts generated together (cells x prompts); lower it on OOM",
     )
+    add_no_wait_flag(run)
     run.set_defaults(handler=_run_run)
 
 
@@ -69,6 +70,7 @@ def _run_run(args: argparse.Namespace) -> int:
     # Imports torch: not needed for --help.
     from harness.evaluation import pipeline
 
+    require_directory(args.out)
     result = pipeline.run(
         [*args.behaviors, *args.behavior_dirs],
         model=args.model,
@@ -77,6 +79,7 @@ def _run_run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         batch_rows=args.batch_rows,
+        wait=args.wait,
     )
     print("\n".join(pipeline.summary_lines(result)))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.engine.methods import find_vectors, method_info, unsupervised_methods
 from harness.engine.prompts import (
@@ -16,10 +16,12 @@ from harness.engine.prompts import (
     read_prompts,
 )
 from harness.errors import PowersteerError
-from harness.integrations.cli.parsing import add_command
+from harness.files import atomic_write, directory_lock
+from harness.integrations.cli.parsing import add_command, add_no_wait_flag, require_directory
 
 if TYPE_CHECKING:
     from harness.engine.models import LanguageModel
+    from harness.engine.sensitivity import SensitivityMap
 
 OPTION_FLAGS = ("target_tokens", "max_iter", "steps", "radius")
 """The flags that are method options: each goes to the methods whose function takes it."""
@@ -100,6 +102,7 @@ def add_map_command(commands: argparse._SubParsersAction) -> None:
     mapping.add_argument(
         "--out", type=Path, default=None, help="output directory (default: reports/map-MODEL)"
     )
+    add_no_wait_flag(mapping)
     mapping.set_defaults(handler=_run_map)  # fmt: skip
 
 
@@ -157,6 +160,10 @@ def _run_vectors(args: argparse.Namespace) -> int:
     # Imports torch: not needed for --help.
     from harness.engine.vectors_io import save_vectors
 
+    if args.out.is_dir():
+        raise PowersteerError(
+            f"--out {args.out} is a directory; give the path of the .safetensors file to write"
+        )
     lm, prompts = _model_and_prompts(args)
     source = lm.layer(args.source, name="--source")
     target = lm.layer(args.target, name="--target")
@@ -188,60 +195,98 @@ def _run_vectors(args: argparse.Namespace) -> int:
 
 def _run_map(args: argparse.Namespace) -> int:
     # These import torch: not needed for --help.
-    from harness.engine.sensitivity import next_token_kl, pair_matrix, parse_pairs, sensitivity_map
+    from harness.engine.sensitivity import parse_pairs
+    from harness.engine.sensitivity_io import map_directory
+
+    out = args.out or Path("reports") / f"map-{Path(str(args.model)).name}"
+    require_directory(out)
+    lm, prompts = _model_and_prompts(args)
+    pairs = parse_pairs(args.pairs, lm.n_layers)
+    config = {"model": str(args.model), "prompts": prompts, "pairs": pairs, "k": args.k,
+              "max_iter": args.max_iter, "seed": args.seed, "target_tokens": args.target_tokens,
+              "dtype": args.dtype}  # fmt: skip
+    with directory_lock(out, wait=args.wait, what="map"):
+        directory = map_directory(out, config)
+        if directory != out:
+            print(f"{out} holds a finished map with other settings, which is kept; writing "
+                  f"this map to {directory}", file=sys.stderr)  # fmt: skip
+        result = _finished_or_computed_map(args, lm, prompts, directory, config)
+        summary = _map_outputs(args, lm, prompts, directory, result)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _finished_or_computed_map(
+    args: argparse.Namespace,
+    lm: LanguageModel,
+    prompts: list[str],
+    directory: Path,
+    config: dict[str, Any],
+) -> SensitivityMap:
+    """The finished map in ``directory`` with these settings, else computed (resuming from
+    its state file, which each iteration checkpoints) and saved there."""
+    # These import torch: not needed for --help.
+    from harness.engine.sensitivity import sensitivity_map
     from harness.engine.sensitivity_io import (
-        KL_FILE,
         STATE_FILE,
         finished_map,
         load_state,
         save_map,
         save_state,
     )
+
+    result = finished_map(directory, config)
+    if result is not None:
+        print(f"reusing the finished map in {directory}", file=sys.stderr)
+        return result
+    directory.mkdir(parents=True, exist_ok=True)
+    state_path = directory / STATE_FILE
+    resume = load_state(state_path, config)
+    if resume is not None:
+        print(f"resuming {state_path} after iteration {resume.iteration}", file=sys.stderr)
+    result = sensitivity_map(
+        lm, prompts, config["pairs"], args.k, max_iter=args.max_iter, seed=args.seed,
+        target_tokens=args.target_tokens, max_rows=args.max_rows, progress=True,
+        resume=resume, checkpoint=lambda state: save_state(state_path, state, config),
+    )  # fmt: skip
+    save_map(directory, result, config=config, n_prompts=len(prompts))
+    state_path.unlink(missing_ok=True)
+    return result
+
+
+def _map_outputs(
+    args: argparse.Namespace,
+    lm: LanguageModel,
+    prompts: list[str],
+    directory: Path,
+    result: SensitivityMap,
+) -> dict[str, object]:
+    """Write the heatmaps (and with --kl-scale the KL table); the command's summary."""
+    # These import torch: not needed for --help.
+    from harness.engine.sensitivity import next_token_kl, pair_matrix
+    from harness.engine.sensitivity_io import KL_FILE
     from harness.evaluation.plots import plot_pair_heatmap
 
-    lm, prompts = _model_and_prompts(args)
-    pairs = parse_pairs(args.pairs, lm.n_layers)
-    out = args.out or Path("reports") / f"map-{Path(str(args.model)).name}"
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"model": str(args.model), "prompts": prompts, "pairs": pairs, "k": args.k,
-              "max_iter": args.max_iter, "seed": args.seed, "target_tokens": args.target_tokens,
-              "dtype": args.dtype}  # fmt: skip
-    result = finished_map(out, config)
-    if result is not None:
-        print(f"reusing the finished map in {out}", file=sys.stderr)
-    else:
-        state_path = out / STATE_FILE
-        resume = load_state(state_path, config)
-        if resume is not None:
-            print(f"resuming {state_path} after iteration {resume.iteration}", file=sys.stderr)
-        result = sensitivity_map(
-            lm, prompts, pairs, args.k, max_iter=args.max_iter, seed=args.seed,
-            target_tokens=args.target_tokens, max_rows=args.max_rows, progress=True,
-            resume=resume, checkpoint=lambda state: save_state(state_path, state, config),
-        )  # fmt: skip
-        save_map(out, result, config=config, n_prompts=len(prompts))
-        state_path.unlink(missing_ok=True)
-    plot_pair_heatmap(result.sigma_matrix(0), out / "sigma1_heatmap.png", label="σ₁",
+    plot_pair_heatmap(result.sigma_matrix(0), directory / "sigma1_heatmap.png", label="σ₁",
                       title=f"{args.model}\ntop singular value σ₁ of J(s → t)")  # fmt: skip
     summary: dict[str, object] = {
-        "out": str(out),
-        "pairs": len(pairs),
+        "out": str(directory),
+        "pairs": len(result.pairs),
         "converged": sum(result.converged),
         "forward_passes": result.forward_passes,
         "wall_time_s": round(result.wall_time_s, 2),
     }
     if args.kl_scale is not None:
         table = next_token_kl(lm, prompts, result, args.kl_scale, max_rows=args.max_rows)
-        table.to_parquet(out / KL_FILE, index=False)
+        atomic_write(directory / KL_FILE, lambda path: table.to_parquet(path, index=False))
         matrix = pair_matrix(result.pairs, table["kl"].tolist(), result.n_layers)
-        plot_pair_heatmap(matrix, out / "kl_heatmap.png", label="KL (nats)",
+        plot_pair_heatmap(matrix, directory / "kl_heatmap.png", label="KL (nats)",
                           title=f"{args.model}\nnext-token KL, top vector at "
                                 f"±{args.kl_scale:g}× residual norm")  # fmt: skip
         strongest = table.loc[table["kl"].idxmax()]
         summary["largest_kl"] = {"pair": f"{int(strongest.source)}:{int(strongest.target)}",
                                  "kl": round(float(strongest.kl), 4)}  # fmt: skip
-    print(json.dumps(summary, indent=2))
-    return 0
+    return summary
 
 
 def _method_options(args: argparse.Namespace) -> dict[str, object]:
