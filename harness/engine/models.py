@@ -51,6 +51,16 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+"""A saved tokenizer holds at least one of these (save_pretrained writes the first two)."""
+
 
 @dataclass
 class LanguageModel:
@@ -137,8 +147,8 @@ def load_model(
     available devices with ``device_map="auto"``). ``blocks_path`` names the decoder-block
     list (for example ``"model.layers"``) for architectures powersteer does not know.
     """
+    torch_dtype = _resolve_dtype(dtype)  # first: a bad flag is refused before any file work
     source = _resolve_source(name_or_path, gguf_file)
-    torch_dtype = _resolve_dtype(dtype)
     device_kwargs = {"device_map": "auto"} if device == "auto" else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -198,8 +208,27 @@ def _resolve_source(name_or_path: str | os.PathLike[str], gguf_file: str | None 
         return str(converted)
     path = Path(name_or_path).expanduser()
     if path.exists():
+        _check_model_directory(path)
         return str(path)
     return str(name_or_path)
+
+
+def _check_model_directory(path: Path) -> None:
+    """Refuse a local path that cannot be a model before the loaders' own errors would."""
+    if not path.is_dir():
+        raise PowersteerError(
+            f"model {str(path)!r} is a file, not a model directory; give a directory saved "
+            "with save_pretrained, a .gguf file, a hub id or a catalogue name"
+        )
+    lacking = [] if (path / "config.json").is_file() else ["config.json"]
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        lacking.append("tokenizer files (tokenizer.json, tokenizer_config.json)")
+    if lacking:
+        raise PowersteerError(
+            f"model {str(path)!r} is not a model directory: it has no "
+            f"{' and no '.join(lacking)}; give a directory saved with save_pretrained (model "
+            "and tokenizer), a .gguf file, a hub id or a catalogue name"
+        )
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def _convert_into(gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     _require_gguf_support()
+    _check_readable_gguf(gguf_path)
     folder, filename = str(gguf_path.parent), gguf_path.name
     steps = tqdm(total=3, desc=f"convert {filename}", disable=not progress, leave=False)
     try:
@@ -143,6 +145,35 @@ def _convert_into(gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
         steps.update()
     finally:
         steps.close()
+
+
+GGUF_READ_ERRORS = (ValueError, IndexError, KeyError, OverflowError, struct.error)
+"""What the GGUF reader raises on bytes that are not a whole GGUF file (a bad magic,
+an empty file it cannot map, a header or tensor table running past the end)."""
+
+
+def _check_readable_gguf(gguf_path: Path) -> None:
+    """Refuse an empty, truncated or non-GGUF file with one clear error, before the
+    conversion would fail somewhere inside the readers."""
+    # gguf is optional (only GGUF files need it): imported here, after the check for it.
+    from gguf import GGUFReader
+
+    size = gguf_path.stat().st_size
+    problem = "the file is empty" if size == 0 else None
+    if problem is None:
+        try:
+            tensors = GGUFReader(gguf_path).tensors
+            end = max((t.data_offset + t.n_bytes for t in tensors), default=0)
+        except GGUF_READ_ERRORS as error:
+            problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        else:
+            if end > size:
+                problem = f"its tensors need {end} bytes, the file has {size}"
+    if problem is not None:
+        raise PowersteerError(
+            f"{gguf_path} is not a readable GGUF file ({problem}); download it again (it may "
+            "be truncated) or give another model"
+        )
 
 
 def _require_gguf_support() -> None:
