@@ -1,5 +1,5 @@
-"""The one place that adds a vector to the residual stream, the unit of steering scale, and
-forward passes that stop early."""
+"""The one place that adds a vector to the residual stream (at a block's output or at one of
+its sub-layers), the unit of steering scale, and forward passes that stop early."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch
+from harness.engine.sites import Site, site_module, site_output, with_site_output
 from harness.errors import PowersteerError
 
 
 @contextmanager
 def add_to_residual(
-    lm: LanguageModel, layer: int, delta: torch.Tensor, *, from_position: int = 0
+    lm: LanguageModel,
+    layer: int,
+    delta: torch.Tensor,
+    *,
+    from_position: int = 0,
+    site: Site = "block",
 ) -> Iterator[None]:
     """Add ``delta`` to the output of decoder block ``layer`` on every forward pass.
 
@@ -25,6 +31,10 @@ def add_to_residual(
     position. During generation with a KV cache each new token passes through the hook
     too, so generated positions are steered as well. The hook is removed on exit, also
     when the body raises. ``output_hidden_states[layer + 1]`` shows the steered residual.
+
+    ``site`` ``"attn"`` or ``"mlp"`` adds ``delta`` to the output of the block's attention
+    or MLP sub-layer instead, before the block adds it to the residual (see
+    :mod:`harness.engine.sites`).
 
     ``from_position`` steers only tokens at that position of the whole sequence and later.
     Positions are the ``position_ids`` the model hands the block, so a cached generation
@@ -38,9 +48,35 @@ def add_to_residual(
             f"steering vector has dimension {delta.shape[-1]} but the model's residual "
             f"stream has d_model={d_model}; use vectors computed for this model"
         )
+    module = site_module(lm, layer, site)
+    block_kwargs: dict = {}  # what the block was called with, for a sub-layer's positions
+
+    def remember_block_kwargs(block: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        block_kwargs.clear()
+        block_kwargs.update(kwargs)
+
+    hook = _adding_hook(delta, from_position, None if site == "block" else block_kwargs)
+    with ExitStack() as hooks:
+        if site != "block" and from_position > 0:
+            block = lm.blocks[layer]
+            hooks.callback(
+                block.register_forward_pre_hook(remember_block_kwargs, with_kwargs=True).remove
+            )
+        # Prepended so the edit happens before any other hook on the module sees its output:
+        # transformers' own output-capturing hook then records the steered activation too.
+        hooks.callback(module.register_forward_hook(hook, with_kwargs=True, prepend=True).remove)
+        yield
+
+
+def _adding_hook(
+    delta: torch.Tensor, from_position: int, block_kwargs: dict | None
+) -> Callable[..., object]:
+    """A forward hook adding ``delta`` to its module's output. Positions come from the
+    module's own call (a block) or, for a sub-layer, from ``block_kwargs``: what its block
+    was called with (sub-layers are not all handed ``position_ids``)."""
 
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: object) -> object:
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = site_output(output)
         if delta.shape[0] not in (1, hidden.shape[0]):
             raise PowersteerError(
                 f"{delta.shape[0]} per-row steering vectors for a batch of {hidden.shape[0]} "
@@ -48,17 +84,11 @@ def add_to_residual(
             )
         shift = delta.to(dtype=hidden.dtype, device=hidden.device)
         if from_position > 0:
-            shift = _steered_positions(kwargs, hidden, from_position) * shift
-        steered = hidden + shift
-        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+            called_with = kwargs if block_kwargs is None else block_kwargs
+            shift = _steered_positions(called_with, hidden, from_position) * shift
+        return with_site_output(output, hidden + shift)
 
-    # Prepended so the edit happens before any other hook on the block sees its output:
-    # transformers' own output-capturing hook then records the steered residual too.
-    handle = lm.blocks[layer].register_forward_hook(hook, with_kwargs=True, prepend=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return hook
 
 
 def _steered_positions(kwargs: dict, hidden: torch.Tensor, start: int) -> torch.Tensor:
@@ -75,6 +105,8 @@ def steer(
     vectors: torch.Tensor,
     layer: int | float | str,
     scale: float | torch.Tensor = 1.0,
+    *,
+    site: Site = "block",
 ) -> Iterator[None]:
     """Steer ``lm`` by adding ``scale * vector`` to the output of block ``layer``.
 
@@ -82,7 +114,8 @@ def steer(
     vector per row, so one forward or ``generate`` call can sweep many vectors and scales.
     ``scale`` is a float or a ``(batch,)`` tensor. Every position is steered: the prompt
     and each generated token. Raw units: the sweep converts scales given in residual
-    norms before calling this.
+    norms before calling this. ``site`` ``"attn"`` or ``"mlp"`` adds to that sub-layer's
+    output instead (see :mod:`harness.engine.sites`).
 
     >>> with steer(lm, result.vectors[0], layer=6, scale=8.0):
     ...     lm.model.generate(**inputs)
@@ -99,7 +132,7 @@ def steer(
     if not torch.isfinite(vectors).all() or not torch.isfinite(scale).all():
         raise PowersteerError("steering vectors or scales contain NaN or infinity")
     block = lm.layer(layer)
-    with add_to_residual(lm, block, (scale * vectors)[:, None, :]):
+    with add_to_residual(lm, block, (scale * vectors)[:, None, :], site=site):
         yield
 
 
@@ -114,16 +147,23 @@ def run_to_block(
     *,
     source: int | None = None,
     delta: torch.Tensor | None = None,
+    source_site: Site = "block",
+    target_site: Site = "block",
 ) -> torch.Tensor:
     """Residual stream ``h_target`` of shape ``(rows, tokens, d_model)``, steered or not.
 
     With ``source`` and ``delta`` given, ``delta`` is added to ``h_source`` first (see
     :func:`add_to_residual`). The pass stops right after block ``target``: later blocks,
     the final norm and the unembedding never run. Autograd and forward-mode tangents flow
-    from ``delta`` to the result.
+    from ``delta`` to the result. ``source_site`` and ``target_site`` move the addition and
+    the reading to a sub-layer's output (see :mod:`harness.engine.sites`); the pass then
+    stops right after the target sub-layer.
     """
     deltas = {source: delta} if delta is not None and source is not None else {}
-    return run_to_blocks(lm, batch, [target], deltas)[target]
+    hidden = run_to_blocks(
+        lm, batch, [target], deltas, source_site=source_site, target_site=target_site
+    )
+    return hidden[target]
 
 
 def run_to_blocks(
@@ -131,25 +171,31 @@ def run_to_blocks(
     batch: PromptBatch,
     targets: Sequence[int],
     deltas: Mapping[int, torch.Tensor] | None = None,
+    *,
+    source_site: Site = "block",
+    target_site: Site = "block",
 ) -> dict[int, torch.Tensor]:
     """Residual streams ``{t: h_t}`` for several blocks from one pass, with ``deltas[s]``
-    added to ``h_s`` for each source ``s``; stops after the last target block."""
+    added to ``h_s`` for each source ``s``; stops after the last target block. The sites
+    say which output of each source and target block is meant (the block's by default)."""
     captured: dict[int, torch.Tensor] = {}
     last = max(targets)
 
     def capture_hook(block: int) -> Callable[..., None]:
         def capture(module: torch.nn.Module, inputs: object, output: object) -> None:
-            captured[block] = output[0] if isinstance(output, tuple) else output
+            captured[block] = site_output(output)
             if block == last:
                 raise _ReachedTarget
 
         return capture
 
-    handles = [lm.blocks[t].register_forward_hook(capture_hook(t)) for t in set(targets)]
+    handles = [
+        site_module(lm, t, target_site).register_forward_hook(capture_hook(t)) for t in set(targets)
+    ]
     try:
         with ExitStack() as steering:
             for source, delta in (deltas or {}).items():
-                steering.enter_context(add_to_residual(lm, source, delta))
+                steering.enter_context(add_to_residual(lm, source, delta, site=source_site))
             lm.model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
             )
