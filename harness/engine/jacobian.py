@@ -3,7 +3,10 @@
 For prompts ``X``, source block ``s`` and target block ``t > s``, the map is
 ``f(θ) = h_t(X; θ)`` where ``θ ∈ R^d`` is added to ``h_s`` at every position, and the output
 stacks the target positions of every prompt (padding excluded): ``f: R^d → R^M`` with
-``M = n_target_positions · d``. ``J = ∂f/∂θ`` at ``θ = 0`` has shape ``(M, d)``.
+``M = n_target_positions · d``. ``J = ∂f/∂θ`` at ``θ = 0`` has shape ``(M, d)``; given a
+steered point ``θ₀`` (``at=``) it is taken at ``θ = θ₀`` instead. ``h_s`` and ``h_t`` are the
+block outputs by default; a hook site (:mod:`harness.engine.sites`) makes either the output
+of the block's attention or MLP sub-layer.
 
 A block of ``k`` vectors rides along one pass: forward mode maps over the tangents and
 reverse mode over the cotangents (``torch.func.vmap``), so the prompts run forward once
@@ -13,7 +16,7 @@ and only the block is carried ``k`` times. The double-VJP fallback repeats the p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +25,7 @@ import torch
 from harness.engine.layers import LayerSpec, resolve_layer_pair
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
+from harness.engine.sites import Site, check_site, site_module
 from harness.engine.steering import autodiff_attention, run_to_block, run_to_blocks
 from harness.errors import PowersteerError
 
@@ -52,6 +56,12 @@ class LayerJacobian:
     Vectors are rows: :meth:`jvp` maps ``(k, d)`` to ``(k, M)`` and :meth:`vjp` maps
     ``(k, M)`` to ``(k, d)``. Results are float64 for a float64 model and float32
     otherwise, on the model's device.
+
+    ``source_site`` and ``target_site`` (``"block"``, ``"attn"`` or ``"mlp"``) say where on
+    the source block θ is added and where on the target block the output is read.
+    ``at`` (``(d_model,)``, times ``at_scale``, raw units) is the steered point ``θ₀`` the
+    Jacobian is linearised around, as in a CAA-linearised Power Steering run; both
+    products are then taken at ``θ₀`` (the prompts steered by ``θ₀``), not at 0.
     """
 
     def __init__(
@@ -64,9 +74,18 @@ class LayerJacobian:
         target_tokens: TargetTokens = None,
         jvp_mode: JvpMode = "auto",
         max_rows: int | None = None,
+        source_site: Site = "block",
+        target_site: Site = "block",
+        at: torch.Tensor | None = None,
+        at_scale: float = 1.0,
     ) -> None:
         self.lm = lm
         self.source, self.target = resolve_layer_pair(source, target, lm.n_layers)
+        self.source_site = check_site(source_site, name="source_site")
+        self.target_site = check_site(target_site, name="target_site")
+        site_module(lm, self.source, self.source_site)  # an unknown layout fails here, not mid-run
+        site_module(lm, self.target, self.target_site)
+        self.at = None if at is None else steered_point(lm, at, at_scale)
         self.batch = (
             prompts
             if isinstance(prompts, PromptBatch)
@@ -91,9 +110,10 @@ class LayerJacobian:
         return self.batch.n_target_positions * d, d
 
     def unsteered(self) -> torch.Tensor:
-        """``f(0)``: the stacked target activations without steering, shape ``(M,)``."""
+        """``f(0)``: the stacked target activations without steering (also when linearised
+        at a steered point), shape ``(M,)``."""
         with torch.no_grad():
-            hidden = run_to_block(self.lm, self.batch, self.target)
+            hidden = run_to_block(self.lm, self.batch, self.target, target_site=self.target_site)
         self.passes.add(self.n_prompts, self.n_prompts)
         return self._select_targets(hidden, 1)[0].to(self.dtype)
 
@@ -106,9 +126,18 @@ class LayerJacobian:
         """``Jᵀ u`` for each row ``u`` of ``cotangents`` ``(k, M)``; returns ``(k, d)``."""
         self._check_width(cotangents, self.shape[0], "vjp")
         if self._pullback is None:
-            # The graph at θ = 0 is the same for every call: one forward pass over the
-            # prompts, kept; each call is then a backward pass mapped over the cotangents.
-            self._pullback = vjp_pullback(self.lm, self.batch, [self.source], self.target)
+            # The graph at θ₀ (0 unless given) is the same for every call: one forward pass
+            # over the prompts, kept; each call is then a backward pass mapped over the
+            # cotangents.
+            self._pullback = vjp_pullback(
+                self.lm,
+                self.batch,
+                [self.source],
+                self.target,
+                source_site=self.source_site,
+                target_site=self.target_site,
+                at=None if self.at is None else {self.source: self.at},
+            )
             self.passes.add(self.n_prompts, self.n_prompts)
         pulled = []
         for chunk in self._chunks(cotangents):
@@ -129,7 +158,16 @@ class LayerJacobian:
         return self._jvp_double_vjp(vectors)
 
     def _jvp_forward_mode(self, vectors: torch.Tensor) -> torch.Tensor:
-        images = jvp_at_targets(self.lm, self.batch, self.source, [self.target], vectors)
+        images = jvp_at_targets(
+            self.lm,
+            self.batch,
+            self.source,
+            [self.target],
+            vectors,
+            source_site=self.source_site,
+            target_site=self.target_site,
+            at=self.at,
+        )
         self.passes.add(vectors.shape[0] * self.n_prompts, self.n_prompts)
         return images[self.target].to(self.dtype)
 
@@ -152,11 +190,16 @@ class LayerJacobian:
 
     def _forward_with_graph(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = k * self.n_prompts
-        theta = torch.zeros(
-            rows, 1, self.lm.d_model, dtype=self.lm.dtype, device=self.lm.device, requires_grad=True
-        )
+        point = _primal(self.lm, self.at)
+        theta = point.expand(rows, 1, point.shape[0]).clone().requires_grad_(True)
         hidden = run_to_block(
-            self.lm, self.batch.repeat(k), self.target, source=self.source, delta=theta
+            self.lm,
+            self.batch.repeat(k),
+            self.target,
+            source=self.source,
+            delta=theta,
+            source_site=self.source_site,
+            target_site=self.target_site,
         )
         return theta, self._select_targets(hidden, k)
 
@@ -186,33 +229,44 @@ def jvp_at_targets(
     source: int,
     targets: Sequence[int],
     vectors: torch.Tensor,
+    *,
+    source_site: Site = "block",
+    target_site: Site = "block",
+    at: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
     """``{t: J_{source→t} V}`` for every target from one forward-mode pass; each is ``(k, M_t)``.
 
     The pass maps over the tangents (``torch.func.vmap`` of ``torch.func.jvp``): the primal
-    (θ = 0, the same for every vector) runs once over the prompts and only the tangents
-    carry the ``k`` vectors, about half the work of repeating the prompts ``k`` times with
-    a dual tensor each. Raises where an op has no forward-mode rule.
+    (θ = 0, or ``at`` when given; the same for every vector) runs once over the prompts and
+    only the tangents carry the ``k`` vectors, about half the work of repeating the prompts
+    ``k`` times with a dual tensor each. Raises where an op has no forward-mode rule.
     """
     ordered = sorted(set(targets))
 
     def at_targets(theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _target_activations(lm, batch, ordered, {source: theta})
+        return _target_activations(lm, batch, ordered, {source: theta}, source_site, target_site)
 
-    zero = torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device)
+    primal = _primal(lm, at)
     with torch.no_grad(), autodiff_attention(lm):
-        images = torch.func.vmap(lambda v: torch.func.jvp(at_targets, (zero,), (v,))[1])(
+        images = torch.func.vmap(lambda v: torch.func.jvp(at_targets, (primal,), (v,))[1])(
             vectors.to(device=lm.device, dtype=lm.dtype)
         )
     return dict(zip(ordered, images, strict=True))
 
 
 def vjp_pullback(
-    lm: LanguageModel, batch: PromptBatch, sources: Sequence[int], target: int
+    lm: LanguageModel,
+    batch: PromptBatch,
+    sources: Sequence[int],
+    target: int,
+    *,
+    source_site: Site = "block",
+    target_site: Site = "block",
+    at: Mapping[int, torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
-    """One forward pass to block ``target`` with θ_s = 0 added at each source; returns
-    ``pull(U)``, which maps cotangents ``(k, M)`` to ``J_{s→target}ᵀ U`` ``(k, d)`` for each
-    source, in the order given.
+    """One forward pass to block ``target`` with θ_s = 0 (or ``at[s]``) added at each
+    source; returns ``pull(U)``, which maps cotangents ``(k, M)`` to ``J_{s→target}ᵀ U``
+    ``(k, d)`` for each source, in the order given.
 
     ``pull`` is a backward pass mapped over the cotangents (``torch.func.vmap`` of the
     ``torch.func.vjp`` pullback), so the prompts run forward once, not ``k`` times, and the
@@ -221,12 +275,13 @@ def vjp_pullback(
     """
 
     def at_target(*thetas: torch.Tensor) -> torch.Tensor:
-        (flat,) = _target_activations(lm, batch, [target], dict(zip(sources, thetas, strict=True)))
+        by_source = dict(zip(sources, thetas, strict=True))
+        (flat,) = _target_activations(lm, batch, [target], by_source, source_site, target_site)
         return flat
 
-    zeros = [torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device) for _ in sources]
+    primals = [_primal(lm, (at or {}).get(source)) for source in sources]
     with torch.enable_grad(), autodiff_attention(lm):
-        _, pullback = torch.func.vjp(at_target, *zeros)
+        _, pullback = torch.func.vjp(at_target, *primals)
     batched = torch.func.vmap(pullback)
 
     def pull(cotangents: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -242,17 +297,42 @@ def vectors_per_pass(max_rows: int | None, n_prompts: int) -> int | None:
     return None if max_rows is None else max(1, max_rows // n_prompts)
 
 
+def steered_point(lm: LanguageModel, at: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale · at`` as the ``(d_model,)`` primal point of a Jacobian, in the model's dtype
+    and on its device; a wrong shape or a non-finite value is one clear error."""
+    at = torch.as_tensor(at)
+    if at.shape != (lm.d_model,):
+        raise PowersteerError(
+            f"at= must be one vector of shape ({lm.d_model},) (d_model), got {tuple(at.shape)}"
+        )
+    point = (scale * at.to(torch.float64)).to(device=lm.device, dtype=lm.dtype)
+    if not bool(torch.isfinite(point).all()):
+        raise PowersteerError("at= (times at_scale) contains NaN or infinity")
+    return point
+
+
+def _primal(lm: LanguageModel, at: torch.Tensor | None) -> torch.Tensor:
+    """The point θ a Jacobian product is taken at: ``at``, or 0."""
+    if at is None:
+        return torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device)
+    return at.to(device=lm.device, dtype=lm.dtype)
+
+
 def _target_activations(
     lm: LanguageModel,
     batch: PromptBatch,
     targets: Sequence[int],
     thetas: dict[int, torch.Tensor],
+    source_site: Site = "block",
+    target_site: Site = "block",
 ) -> tuple[torch.Tensor, ...]:
     """``f(θ)`` of the module docstring for each target, flattened to ``(M,)``: each
-    ``thetas[s]`` (``(d,)``, the same on every prompt) is added to ``h_s``."""
+    ``thetas[s]`` (``(d,)``, the same on every prompt) is added at source ``s``'s site."""
     n = batch.n_prompts
     deltas = {s: theta.expand(n, 1, theta.shape[-1]) for s, theta in thetas.items()}
-    hidden = run_to_blocks(lm, batch, targets, deltas)
+    hidden = run_to_blocks(
+        lm, batch, targets, deltas, source_site=source_site, target_site=target_site
+    )
     return tuple(hidden[t][batch.target_mask].reshape(-1) for t in targets)
 
 
