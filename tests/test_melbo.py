@@ -10,13 +10,16 @@ from harness import melbo, power_steering
 from harness.engine.prompts import encode_prompts
 from harness.engine.steering import scale_unit
 from harness.testing.pass_counter import count_passes
+from harness.testing.tiny_models import tiny_model
 
 SOURCE, TARGET = 0, 2
 
 
-def activation_change(lm, thetas: torch.Tensor) -> torch.Tensor:
+def activation_change(lm, thetas: torch.Tensor, source_module=None) -> torch.Tensor:
     """Σ_prompts Σ_positions ‖h_t(θ) − h_t(0)‖² (p = 2, q = 1) for each row θ of ``thetas``
-    ``(n, d)``, written independently of harness code; returns ``(n,)``."""
+    ``(n, d)``, written independently of harness code; returns ``(n,)``. θ is added to the
+    output of ``source_module`` (default: the source block)."""
+    source_module = lm.blocks[SOURCE] if source_module is None else source_module
     n = thetas.shape[0]
     encoded = lm.tokenizer(PROMPTS, return_tensors="pt", padding=True)
     mask = encoded["attention_mask"].bool()
@@ -25,7 +28,7 @@ def activation_change(lm, thetas: torch.Tensor) -> torch.Tensor:
     batch = {name: tensor.repeat(n, 1) for name, tensor in encoded.items()}
 
     def target_states(delta: torch.Tensor, inputs: dict) -> torch.Tensor:
-        handle = lm.blocks[SOURCE].register_forward_hook(lambda module, args, out: out + delta)
+        handle = source_module.register_forward_hook(lambda module, args, out: out + delta)
         try:
             with torch.no_grad():
                 return lm.model(**inputs, output_hidden_states=True).hidden_states[TARGET + 1]
@@ -95,3 +98,17 @@ def test_default_radius_is_the_median_residual_norm(qwen3_tiny):
     result = melbo(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=1, steps=2)
     batch = encode_prompts(qwen3_tiny, PROMPTS)
     assert result.radius == pytest.approx(scale_unit(qwen3_tiny, batch, SOURCE))
+
+
+def test_at_the_mlp_site_the_objective_is_the_change_from_adding_to_the_mlp_output():
+    # Gemma-3 normalises the MLP output before adding it, so site "mlp" is not the block.
+    lm = tiny_model("gemma3")
+    result = melbo(
+        lm, PROMPTS, SOURCE, TARGET, num_vectors=2, radius=4.0, steps=20, lr=0.05,
+        source_site="mlp",
+    )  # fmt: skip
+    thetas = 4.0 * result.vectors.double()
+    at_mlp = activation_change(lm, thetas, source_module=lm.blocks[SOURCE].mlp)
+    assert torch.allclose(at_mlp.float(), result.values, rtol=1e-5)
+    assert not torch.allclose(activation_change(lm, thetas), at_mlp, rtol=1e-2)
+    assert result.options["source_site"] == "mlp" and result.options["target_site"] == "block"
