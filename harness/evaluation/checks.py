@@ -26,7 +26,6 @@ from harness.engine.models import LanguageModel
 from harness.errors import PowersteerError
 from harness.evaluation.behaviors import (
     Behavior,
-    check_prompt_count,
     check_row_fields,
     check_scorer_fits,
 )
@@ -35,8 +34,7 @@ from harness.evaluation.preparation import PreparedBehavior, prepare_behavior
 
 def check_behavior_for_model(lm: LanguageModel, behavior: Behavior) -> PreparedBehavior:
     """``behavior`` checked against ``lm`` without running user code; its prepared form."""
-    prepared = prepare_behavior(lm, behavior)
-    check_prompt_count(behavior, len(prepared.rows))
+    prepared = prepare_behavior(lm, behavior)  # layers, chat template, 2 prompts, lengths
     steering = behavior.steering
     wanting = [m for m in steering.methods if not method_info(m).supervised]
     if wanting and steering.num_vectors > lm.d_model:

@@ -15,7 +15,6 @@ The schema, every key with its default, is documented at the top of
 """
 
 from harness.evaluation.behaviors.loading import (
-    check_prompt_count,
     check_row_fields,
     check_scorer_fits,
     load_behavior,
@@ -67,7 +66,6 @@ __all__ = [
     "ScorerSpec",
     "Split",
     "Steering",
-    "check_prompt_count",
     "check_row_fields",
     "check_scorer_fits",
     "create_behavior",

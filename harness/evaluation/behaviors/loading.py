@@ -73,7 +73,7 @@ def check_row_fields(behavior: Behavior, rows: list[dict[str, Any]], fields: Seq
                 )
 
 
-def check_prompt_count(behavior: Behavior, count: int) -> None:
+def _check_prompt_count(behavior: Behavior, count: int) -> None:
     """A sweep needs two prompts: one to select on and one to report on."""
     if count < 2:
         origin = behavior.prompts.path or behavior.prompts.hf
@@ -92,7 +92,7 @@ def _check_prompt_files(behavior: Behavior, fields: Sequence[str], path: Path) -
             continue
         rows = load_prompt_rows(spec, behavior.base_dir, where=where, source=path)
         if where == "prompts":
-            check_prompt_count(behavior, len(rows))
+            _check_prompt_count(behavior, len(rows))
             check_row_fields(behavior, rows, fields)
 
 
