@@ -8,6 +8,7 @@ import torch
 from conftest import PROMPTS
 
 import harness.engine.sensitivity
+import harness.engine.shared_passes
 from harness import PowersteerError, power_steering, steer
 from harness.engine.prompts import encode_prompts
 from harness.engine.sensitivity import all_pairs, next_token_kl, parse_pairs, sensitivity_map
@@ -51,8 +52,8 @@ def test_splitting_passes_by_max_rows_changes_only_the_sweep_count(qwen3_tiny, t
 def _memory_for_rows(limit: int, monkeypatch) -> list[int]:
     """Make every pass with more than ``limit`` rows (vectors x prompts) run out of memory;
     returns the rows of the passes that ran."""
-    jvp_at_targets = harness.engine.sensitivity.jvp_at_targets
-    vjp_pullback = harness.engine.sensitivity.vjp_pullback
+    jvp_at_targets = harness.engine.shared_passes.jvp_at_targets
+    vjp_pullback = harness.engine.shared_passes.vjp_pullback
     ran: list[int] = []
 
     def check(rows: int) -> None:
@@ -60,12 +61,12 @@ def _memory_for_rows(limit: int, monkeypatch) -> list[int]:
             raise torch.OutOfMemoryError(f"simulated: {rows} rows > {limit}")
         ran.append(rows)
 
-    def tangent_pass(lm, batch, source, targets, vectors):
+    def tangent_pass(lm, batch, source, targets, vectors, **sites):
         check(len(vectors) * batch.n_prompts)
-        return jvp_at_targets(lm, batch, source, targets, vectors)
+        return jvp_at_targets(lm, batch, source, targets, vectors, **sites)
 
-    def backward_passes(lm, batch, sources, target):
-        pull = vjp_pullback(lm, batch, sources, target)
+    def backward_passes(lm, batch, sources, target, **sites):
+        pull = vjp_pullback(lm, batch, sources, target, **sites)
 
         def limited(cotangents):
             check(len(cotangents) * batch.n_prompts)
@@ -73,8 +74,8 @@ def _memory_for_rows(limit: int, monkeypatch) -> list[int]:
 
         return limited
 
-    monkeypatch.setattr(harness.engine.sensitivity, "jvp_at_targets", tangent_pass)
-    monkeypatch.setattr(harness.engine.sensitivity, "vjp_pullback", backward_passes)
+    monkeypatch.setattr(harness.engine.shared_passes, "jvp_at_targets", tangent_pass)
+    monkeypatch.setattr(harness.engine.shared_passes, "vjp_pullback", backward_passes)
     return ran
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness import LanguageModel, LayerJacobian, PowersteerError, power_steering, steer
+from harness.engine.sensitivity import sensitivity_map
 from harness.engine.sites import SITES, site_module
 from harness.engine.steering import add_to_residual
 from harness.testing.tiny_models import SUBLAYER_ARCHITECTURES, tiny_model
@@ -271,3 +272,14 @@ def test_power_steering_takes_sites_and_a_steered_point(gemma3_tiny, gemma3_at_p
     exact = torch.linalg.svdvals(gemma3_at_point["at_point"]["block"])[:2]
     assert torch.allclose(result.values.double(), exact, rtol=1e-4)
     assert result.options["source_site"] == "mlp" and result.options["linearised_at"]
+
+
+def test_the_map_at_the_mlp_site_matches_the_exact_site_jacobian(gemma3_tiny):
+    exact = exact_site_jacobians(gemma3_tiny, "gemma3", "mlp")["mlp"]
+    mapped = sensitivity_map(
+        gemma3_tiny, PROMPTS, [(SOURCE, TARGET)], num_vectors=2, source_site="mlp",
+        target_site="mlp", tol=1e-8, max_iter=30,
+    )  # fmt: skip
+    expected = torch.linalg.svdvals(exact)[:2].float()
+    assert torch.allclose(mapped.singular_values[0], expected, rtol=1e-4)
+    assert mapped.options["source_site"] == "mlp" and mapped.converged == [True]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,16 +25,23 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.engine.effects import next_token_effect
-from harness.engine.jacobian import PassCount, jvp_at_targets, vectors_per_pass, vjp_pullback
+from harness.engine.jacobian import PassCount
 from harness.engine.layers import resolve_layer_pair
 from harness.engine.linalg import fix_signs
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
+from harness.engine.shared_passes import (
+    Pair,
+    jvp_by_source,
+    shrinking_on_oom,
+    vjp_by_target,
+    widest_pass,
+)
+from harness.engine.sites import Site, check_site
 from harness.engine.steering import scale_unit
 from harness.engine.subspace import RitzPairs, Solver, SubspaceSolver
 from harness.errors import PowersteerError
 
-Pair = tuple[int, int]
 RITZ_FIELDS = ("values", "vectors", "residuals")  # a saved state keeps each pair's best
 
 
@@ -184,6 +190,8 @@ def sensitivity_map(
     seed: int = 0,
     target_tokens: TargetTokens = None,
     oversample: int = 4,
+    source_site: Site = "block",
+    target_site: Site = "block",
     max_rows: int | None = None,
     progress: bool = False,
     resume: MapState | None = None,
@@ -212,6 +220,10 @@ def sensitivity_map(
         resolve_layer_pair(source, target, lm.n_layers)
     batch = encode_prompts(lm, prompts, target_tokens=target_tokens)
     dtype = lm.compute_dtype
+    sites = {
+        "source_site": check_site(source_site, name="source_site"),
+        "target_site": check_site(target_site, name="target_site"),
+    }
     if resume is None:
         first = SubspaceSolver.start(
             num_vectors, min(num_vectors + oversample, d_model), d_model, solver=solver,
@@ -229,7 +241,7 @@ def sensitivity_map(
         active = [i for i, pair_solver in state.solvers.items() if not pair_solver.done]
         if not active:
             break
-        max_rows = _step(lm, batch, pairs, state, active, max_rows, dtype)
+        max_rows = _step(lm, batch, pairs, state, active, max_rows, dtype, sites)
         state.iteration = step
         state.elapsed_s = resume_elapsed + time.perf_counter() - started
         if checkpoint is not None:
@@ -242,7 +254,7 @@ def sensitivity_map(
     return _as_map(lm, pairs, state, resume_elapsed + time.perf_counter() - started, {
         "num_vectors": num_vectors, "solver": solver, "max_iter": max_iter, "tol": tol,
         "seed": seed, "target_tokens": target_tokens, "oversample": oversample,
-        "max_rows": max_rows,
+        "max_rows": max_rows, **sites,
     })  # fmt: skip
 
 
@@ -254,19 +266,22 @@ def _step(
     active: Sequence[int],
     max_rows: int | None,
     dtype: torch.dtype,
+    sites: dict[str, Site],
 ) -> int | None:
     """One solver step for every active pair: shared JVPs by source, then shared VJPs by
     target, then each pair's update. Returns the (possibly lowered) row cap."""
     currents = {i: state.solvers[i].current for i in active}
-    n = batch.n_prompts
-    images, max_rows = _shrinking_on_oom(
-        partial(_jvp_by_source, lm, batch, pairs, active, currents, state.passes, dtype),
-        max_rows, _widest_pass(pairs, active, currents, by=0, n_prompts=n), n,
-    )  # fmt: skip
-    pulled, max_rows = _shrinking_on_oom(
-        partial(_vjp_by_target, lm, batch, pairs, active, images, state.passes, dtype),
-        max_rows, _widest_pass(pairs, active, currents, by=1, n_prompts=n), n,
-    )  # fmt: skip
+    n, counted = batch.n_prompts, state.passes
+    forward = partial(
+        jvp_by_source, lm, batch, pairs, active, currents, counted, dtype, sites=sites
+    )
+    images, max_rows = shrinking_on_oom(
+        forward, max_rows, widest_pass(pairs, active, currents, by=0, n_prompts=n), n
+    )
+    backward = partial(vjp_by_target, lm, batch, pairs, active, images, counted, dtype, sites=sites)
+    pulled, max_rows = shrinking_on_oom(
+        backward, max_rows, widest_pass(pairs, active, currents, by=1, n_prompts=n), n
+    )
     del images
     for i in active:
         state.solvers[i].update(pulled[i])
@@ -334,151 +349,3 @@ def pair_matrix(pairs: Sequence[Pair], values: Sequence[float], n_layers: int) -
     for (source, target), value in zip(pairs, values, strict=True):
         matrix[source, target] = float(value)
     return matrix
-
-
-def _group(pairs: Sequence[Pair], members: Sequence[int], by: int) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i in members:
-        groups[pairs[i][by]].append(i)
-    return groups
-
-
-def _shrinking_on_oom(
-    run: Callable[[int | None], dict[int, torch.Tensor]],
-    max_rows: int | None,
-    widest: int,
-    n_prompts: int,
-) -> tuple[dict[int, torch.Tensor], int | None]:
-    """``run(max_rows)``, halving ``max_rows`` and running again while memory runs out.
-
-    The step is idempotent (it only reads the iteration's state), so a rerun gives the
-    same result; the passes that ran before the failure stay counted, as they did run.
-    """
-    while True:
-        try:
-            return run(max_rows), max_rows
-        except torch.OutOfMemoryError:
-            rows = min(max_rows or widest, widest)
-            if rows <= n_prompts:
-                raise PowersteerError(
-                    f"one copy of the {n_prompts} prompts does not fit in memory; use fewer "
-                    "or shorter prompts, or load the model in bfloat16 (--dtype bfloat16)"
-                ) from None
-            max_rows = max(n_prompts, rows // 2 // n_prompts * n_prompts)  # whole copies
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            warnings.warn(
-                f"out of memory with up to {rows} rows per pass; running the step again with "
-                f"{max_rows} (pass max_rows={max_rows} to start there)",
-                stacklevel=3,
-            )
-
-
-def _widest_pass(
-    pairs: Sequence[Pair],
-    members: Sequence[int],
-    bases: dict[int, torch.Tensor],
-    by: int,
-    n_prompts: int,
-) -> int:
-    """Rows of the largest unsplit pass of a step: the most vectors sharing a source
-    (``by=0``) or a target (``by=1``), times the prompts."""
-    groups = _group(pairs, members, by=by).values()
-    return n_prompts * max(sum(bases[i].shape[0] for i in group) for group in groups)
-
-
-def _chunks(widths: Sequence[int], per_pass: int | None) -> list[list[tuple[int, int, int]]]:
-    """Split stacked blocks (member ``j`` has ``widths[j]`` vectors) into passes of at most
-    ``per_pass`` vectors (all in one pass when None): per pass, ``(j, first, stop)`` ranges."""
-    room_per_pass = per_pass or sum(widths)
-    passes: list[list[tuple[int, int, int]]] = []
-    current: list[tuple[int, int, int]] = []
-    room = room_per_pass
-    for j, width in enumerate(widths):
-        first = 0
-        while first < width:
-            take = min(room, width - first)
-            current.append((j, first, first + take))
-            first, room = first + take, room - take
-            if room == 0:
-                passes.append(current)
-                current, room = [], room_per_pass
-    if current:
-        passes.append(current)
-    return passes
-
-
-def _stacked(
-    chunk: Sequence[tuple[int, int, int]], members: Sequence[int], blocks: dict[int, torch.Tensor]
-) -> torch.Tensor:
-    """The rows a pass carries: each ``(j, first, stop)`` range of member ``j``'s block."""
-    return torch.cat([blocks[members[j]][first:stop] for j, first, stop in chunk])
-
-
-def _unstacked(
-    chunk: Sequence[tuple[int, int, int]], members: Sequence[int]
-) -> list[tuple[int, slice]]:
-    """Inverse of :func:`_stacked`: each pair index with its rows in the pass's output."""
-    placed, offset = [], 0
-    for j, first, stop in chunk:
-        placed.append((members[j], slice(offset, offset + stop - first)))
-        offset += stop - first
-    return placed
-
-
-def _jvp_by_source(
-    lm: LanguageModel,
-    batch: PromptBatch,
-    pairs: Sequence[Pair],
-    active: Sequence[int],
-    bases: dict[int, torch.Tensor],
-    passes: PassCount,
-    dtype: torch.dtype,
-    max_rows: int | None = None,
-) -> dict[int, torch.Tensor]:
-    """``J_pair V_pair`` for every active pair: one tangent forward pass per source (more
-    when ``max_rows`` splits it), each stopping after the last target it serves."""
-    n = batch.n_prompts
-    pieces: dict[int, list[torch.Tensor]] = defaultdict(list)
-    for source, members in _group(pairs, active, by=0).items():
-        members = sorted(members, key=lambda i: pairs[i][1])  # early targets stop early
-        widths = [bases[i].shape[0] for i in members]
-        for chunk in _chunks(widths, vectors_per_pass(max_rows, n)):
-            block = _stacked(chunk, members, bases)
-            targets = sorted({pairs[members[j]][1] for j, _, _ in chunk})
-            images = jvp_at_targets(lm, batch, source, targets, block)
-            passes.add(block.shape[0] * n, n)
-            for i, rows in _unstacked(chunk, members):
-                pieces[i].append(images[pairs[i][1]][rows].to(dtype))
-            del images
-    return {i: torch.cat(parts) for i, parts in pieces.items()}
-
-
-def _vjp_by_target(
-    lm: LanguageModel,
-    batch: PromptBatch,
-    pairs: Sequence[Pair],
-    members_all: Sequence[int],
-    cotangents: dict[int, torch.Tensor],
-    passes: PassCount,
-    dtype: torch.dtype,
-    max_rows: int | None = None,
-) -> dict[int, torch.Tensor]:
-    """``J_pairᵀ U_pair`` for the given pairs: per target, one forward pass over the prompts
-    and one backward pass mapped over every cotangent of its pairs (more backward passes
-    when ``max_rows`` splits them)."""
-    n = batch.n_prompts
-    pieces: dict[int, list[torch.Tensor]] = defaultdict(list)
-    for target, members in _group(pairs, members_all, by=1).items():
-        sources = sorted({pairs[i][0] for i in members})
-        pull = vjp_pullback(lm, batch, sources, target)
-        passes.add(n, n)
-        widths = [cotangents[i].shape[0] for i in members]
-        for chunk in _chunks(widths, vectors_per_pass(max_rows, n)):
-            block = _stacked(chunk, members, cotangents)
-            by_source = dict(zip(sources, pull(block), strict=True))
-            passes.add(block.shape[0] * n, n)
-            for i, rows in _unstacked(chunk, members):
-                pieces[i].append(by_source[pairs[i][0]][rows].to(dtype))
-        del pull
-    return {i: torch.cat(parts) for i, parts in pieces.items()}
