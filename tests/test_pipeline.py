@@ -188,8 +188,8 @@ def test_selection_uses_select_prompts_only(tmp_path, finished_run, monkeypatch)
     def rescored(outcomes) -> pd.DataFrame:
         """Rescore the run with the behavior's scorer, then ``outcomes(rows)`` as success."""
 
-        def score_then_change(scorer, rows, prompt_rows):
-            score_generations(scorer, rows, prompt_rows)
+        def score_then_change(scorer, rows, prompt_rows, **where):
+            score_generations(scorer, rows, prompt_rows, **where)
             rows["success"] = outcomes(rows)
 
         monkeypatch.setattr(harness.evaluation.pipeline, "score_generations", score_then_change)

@@ -183,7 +183,7 @@ def _rescore(run_dir: Path, behavior: Behavior, behavior_file: Path) -> Path:
         )
     part = results[mine].copy()
     scorer = behavior.make_scorer()
-    score_generations(scorer, part, behavior.prompt_rows())
+    score_generations(scorer, part, behavior.prompt_rows(), source=behavior_file)
     part["metric"] = scorer.metric
     mark_coherent(part, behavior)
     select = part[part["split"] == "select"]
