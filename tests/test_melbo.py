@@ -1,4 +1,5 @@
-"""MELBO learns orthogonal unit directions that maximise the downstream change."""
+"""MELBO learns unit directions that maximise the downstream change: orthogonal ones in
+turn, or independent restarts; each with its objective history."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from conftest import PROMPTS
 
-from harness import melbo, power_steering
+from harness import load_vectors, melbo, power_steering, save_vectors
 from harness.engine.prompts import encode_prompts
 from harness.engine.steering import scale_unit
 from harness.testing.pass_counter import count_passes
@@ -112,3 +113,46 @@ def test_at_the_mlp_site_the_objective_is_the_change_from_adding_to_the_mlp_outp
     assert torch.allclose(at_mlp.float(), result.values, rtol=1e-5)
     assert not torch.allclose(activation_change(lm, thetas), at_mlp, rtol=1e-2)
     assert result.options["source_site"] == "mlp" and result.options["target_site"] == "block"
+
+
+def test_history_rises_and_ends_at_the_reported_value(learned):
+    assert len(learned.history) == 3
+    for trace, value in zip(learned.history, learned.values, strict=True):
+        assert len(trace) == 100 + 1  # before the first step, then after each of 100
+        assert trace[-1] > trace[0]
+        assert trace[-1] == float(value)
+
+
+def test_history_is_saved_with_the_vectors(tmp_path, learned):
+    path = save_vectors(tmp_path / "melbo.safetensors", learned)
+    loaded, metadata = load_vectors(path)
+    assert loaded.history == learned.history == metadata["history"]
+
+
+RESTART = {"radius": 4.0, "steps": 30, "lr": 0.05}
+
+
+def test_independent_restarts_are_one_vector_runs_with_consecutive_seeds(qwen3_tiny):
+    # "Independent": row i is exactly what a one-vector run from seed + i learns, whatever
+    # the other rows are; no row constrains another.
+    restarts = melbo(
+        qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=3, seed=5, orthogonal=False, **RESTART
+    )
+    for index in range(3):
+        alone = melbo(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=1, seed=5 + index, **RESTART)
+        assert torch.equal(restarts.vectors[index], alone.vectors[0])
+        assert restarts.history[index] == alone.history[0]
+    rows = restarts.vectors.double()
+    assert torch.allclose(rows.norm(dim=1), torch.ones(3, dtype=torch.float64), atol=1e-6)
+    off_diagonal = (rows @ rows.T - torch.eye(3, dtype=torch.float64)).abs()
+    assert float(off_diagonal.max()) > 0.1  # restarts climb towards the same directions
+    assert restarts.options["orthogonal"] is False
+
+
+def test_orthogonal_and_independent_runs_share_their_first_vector(qwen3_tiny):
+    runs = [
+        melbo(qwen3_tiny, PROMPTS, SOURCE, TARGET, num_vectors=2, orthogonal=flag, **RESTART)
+        for flag in (True, False)
+    ]
+    assert torch.equal(runs[0].vectors[0], runs[1].vectors[0])
+    assert abs(float(runs[0].vectors[0] @ runs[0].vectors[1])) < 1e-5

@@ -100,6 +100,7 @@ def _steering_vectors(
         radius=metadata.get("radius"),
         residuals=_optional_tensor(metadata.get("residuals")),
         bands=metadata.get("bands"),
+        history=metadata.get("history"),
         options=metadata.get("options", {}),
     )
 

@@ -39,6 +39,9 @@ class SteeringVectors:
     """Power Steering: vectors grouped into bands of nearly equal singular values. A band
     of one is individually determined; a larger band only as a subspace (any rotation of
     its vectors is as good)."""
+    history: list[list[float]] | None = None
+    """MELBO: per vector, the objective after 0, 1, …, ``steps`` ascent steps (the last
+    entry is the vector's value)."""
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -75,5 +78,6 @@ class SteeringVectors:
             "radius": self.radius,
             "residuals": None if self.residuals is None else [float(r) for r in self.residuals],
             "bands": self.bands,
+            "history": self.history,
             "options": self.options,
         }
