@@ -57,8 +57,9 @@ def import_reference_vectors(
     The file holds a tensor ``(k, d_model)`` or ``(d_model,)``, or a dict holding one: at
     ``key`` (a ``/``-separated path such as ``"vectors/src7_tgt32/vectors"``) or, without
     ``key``, the one tensor stored under a name in :data:`VECTOR_KEYS` (else the only tensor).
-    A Power Steering file's ``sigmas`` become the singular values ``√sigmas``. Every mistake
-    is one :class:`PowersteerError` naming the file.
+    A Power Steering file's ``sigmas`` become the singular values ``√sigmas``, in the file's
+    order (the reference does not sort them). Every mistake is one :class:`PowersteerError`
+    naming the file.
     """
     path = Path(path)
     if method not in REFERENCE_METHODS:
