@@ -1,8 +1,9 @@
 """The ``powersteer`` command line. Each subcommand is a thin shell over the Python API.
 
 One module per command group: :mod:`.run` (run, report, rescore, capability, lm-eval),
-:mod:`.vectors` (vectors, map), :mod:`.behaviors` (validate, new) and :mod:`.models`
-(models list/fetch); the organism's commands come from :mod:`harness.organism.cli`.
+:mod:`.vectors` (vectors, map), :mod:`.import_vectors` (import-vectors), :mod:`.behaviors`
+(validate, new) and :mod:`.models` (models list/fetch); the organism's commands come from
+:mod:`harness.organism.cli`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from harness.integrations.cli.failures import (
     one_line_warnings,
     write_problem,
 )
+from harness.integrations.cli.import_vectors import add_import_vectors_command
 from harness.integrations.cli.models import add_models_commands
 from harness.integrations.cli.run import add_run_commands
 from harness.integrations.cli.vectors import add_map_command, add_vectors_command
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_commands(commands)
     add_vectors_command(commands)
+    add_import_vectors_command(commands)
     add_map_command(commands)
     if organism_cli is not None:
         organism_cli.add_organism_commands(commands)

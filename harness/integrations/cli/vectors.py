@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,16 +16,37 @@ from harness.engine.prompts import (
     format_chat,
     read_prompts,
 )
-from harness.errors import PowersteerError
+from harness.engine.subspace import SOLVERS
+from harness.errors import PowersteerError, PowersteerWarning
 from harness.files import atomic_write, directory_lock
 from harness.integrations.cli.parsing import add_command, add_no_wait_flag, require_directory
 
 if TYPE_CHECKING:
+    import torch
+
     from harness.engine.models import LanguageModel
     from harness.engine.sensitivity import SensitivityMap
 
-OPTION_FLAGS = ("target_tokens", "max_iter", "steps", "radius")
+# Method options whose flag has no default of its own: given, each goes to the methods whose
+# function takes it (a method's own default applies otherwise).
+TUNING_FLAGS: dict[str, dict[str, Any]] = {
+    "solver": {"choices": SOLVERS, "help": "power: krylov (block Krylov, the default) or power "
+               "(block power iteration)"},
+    "tol": {"type": float, "help": "power: stop when every vector's relative residual "
+            "||J^T J v - s^2 v|| / s^2 is below this (default 1e-3)"},
+    "oversample": {"type": int, "help": "power: extra vectors in each block (default 4)"},
+    "init": {"type": Path, "metavar": "FILE", "help": "power: a vectors file (.safetensors, as "
+             "--out writes) whose rows warm-start the first block"},
+    "lr": {"type": float, "help": "melbo: learning rate (default 2.5e-4 x radius)"},
+    "p": {"type": float, "help": "melbo: exponent of each position's change norm (default 2)"},
+    "q": {"type": float, "help": "melbo: root of the summed changes (default 1, which with p = 2 "
+          "is the MELBO reference's objective; the reference's own default is q = p)"},
+}  # fmt: skip
+DEFAULTED_FLAGS = ("target_tokens", "max_iter", "steps")
+"""Method-option flags with a default of their own (always set, so never warned about)."""
+OPTION_FLAGS = (*DEFAULTED_FLAGS, "radius", *TUNING_FLAGS, "orthogonal")
 """The flags that are method options: each goes to the methods whose function takes it."""
+FLAG_NAMES = {"max_iter": "--max-iter", "orthogonal": "--independent"}
 
 
 def add_vectors_command(commands: argparse._SubParsersAction) -> None:
@@ -50,7 +72,7 @@ def add_vectors_command(commands: argparse._SubParsersAction) -> None:
     vectors.add_argument("--method", default="power", choices=unsupervised_methods())
     vectors.add_argument("-k", "--num-vectors", type=int, default=8, dest="k")
     vectors.add_argument(
-        "--max-iter", type=int, default=15, help="power: most power iterations (default 15)"
+        "--max-iter", type=int, default=15, help="power: most solver steps (default 15)"
     )
     vectors.add_argument(
         "--steps", type=int, default=300, help="melbo: optimisation steps per vector (default 300)"
@@ -60,6 +82,23 @@ def add_vectors_command(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="melbo: vector norm (default: median residual norm at source)",
+    )
+    for name, settings in TUNING_FLAGS.items():
+        vectors.add_argument(f"--{name}", default=None, **settings)
+    vectors.add_argument(
+        "--independent",
+        dest="orthogonal",
+        action="store_const",
+        const=False,
+        default=None,
+        help="melbo: learn each vector from its own seeded start (seed + i), not orthogonal to "
+        "the others (the reference's non-orthogonal mode)",
+    )
+    vectors.add_argument(
+        "--system",
+        default=None,
+        metavar="TEXT",
+        help="a system turn before each prompt, through the chat template (implies --chat)",
     )
     vectors.add_argument("--out", type=Path, default=Path("vectors.safetensors"))
     vectors.set_defaults(handler=_run_vectors)  # fmt: skip
@@ -144,15 +183,18 @@ def _target_tokens_argument(text: str) -> object:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _model_and_prompts(args: argparse.Namespace) -> tuple[LanguageModel, list[str]]:
-    """The flags shared by vectors and map: read the prompts, load the model, chat-format."""
+def _model_and_prompts(
+    args: argparse.Namespace, *, system: str | None = None
+) -> tuple[LanguageModel, list[str]]:
+    """The flags shared by vectors and map: read the prompts, load the model, chat-format
+    (after a ``system`` turn, if given)."""
     # Imports torch: not needed for --help.
     from harness.engine.models import load_model
 
     prompts = read_prompts(args.prompts, field=args.field)
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    if args.chat:
-        prompts = format_chat(lm, prompts)
+    if args.chat or system is not None:
+        prompts = format_chat(lm, prompts, system=system)
     return lm, prompts
 
 
@@ -160,26 +202,25 @@ def _run_vectors(args: argparse.Namespace) -> int:
     # Imports torch: not needed for --help.
     from harness.engine.vectors_io import save_vectors
 
-    if args.out.is_dir():
+    check_out_file(args.out)
+    options = _method_options(args)
+    if "init" in options:  # read before the model loads: a bad file fails fast
+        options["init"] = _init_rows(options["init"])
+    lm, prompts = _model_and_prompts(args, system=args.system)
+    if "init" in options and options["init"].shape[1] != lm.d_model:
         raise PowersteerError(
-            f"--out {args.out} is a directory; give the path of the .safetensors file to write"
+            f"--init {args.init} holds vectors of dimension {options['init'].shape[1]}, but "
+            f"{args.model}'s d_model is {lm.d_model}; give vectors computed on this model"
         )
-    lm, prompts = _model_and_prompts(args)
     source = lm.layer(args.source, name="--source")
     target = lm.layer(args.target, name="--target")
     result = find_vectors(
-        args.method,
-        lm,
-        prompts,
-        source,
-        target,
-        args.k,
-        seed=args.seed,
-        **_method_options(args),
+        args.method, lm, prompts, source, target, args.k, seed=args.seed, **options
     )
     save_vectors(
-        args.out, result, model=args.model, n_prompts=len(prompts), prompts_file=str(args.prompts)
-    )
+        args.out, result, model=args.model, n_prompts=len(prompts), prompts_file=str(args.prompts),
+        **({"init_file": str(args.init)} if "init" in options else {}),
+    )  # fmt: skip
     summary = {
         "out": str(args.out),
         "method": result.method,
@@ -191,6 +232,28 @@ def _run_vectors(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def check_out_file(out: Path) -> None:
+    """Refuse, before any work, an ``--out`` that is a directory (a vectors file is wanted)."""
+    if out.is_dir():
+        raise PowersteerError(
+            f"--out {out} is a directory; give the path of the .safetensors file to write"
+        )
+
+
+def _init_rows(path: Path) -> torch.Tensor:
+    """The rows of the vectors file ``--init`` names, or one clear error naming the flag."""
+    # Imports torch: not needed for --help.
+    from harness.engine.vectors_io import load_vectors
+
+    try:
+        return load_vectors(path)[0].vectors
+    except PowersteerError as error:
+        raise PowersteerError(
+            f"--init: {error} (--init takes a file `powersteer vectors` or `powersteer "
+            "import-vectors` wrote)"
+        ) from None
 
 
 def _run_map(args: argparse.Namespace) -> int:
@@ -289,11 +352,21 @@ def _map_outputs(
     return summary
 
 
-def _method_options(args: argparse.Namespace) -> dict[str, object]:
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options the flags set: each flag given (not None) whose option the method
+    takes; one the user gave for a method that does not take it is a warning."""
     info = method_info(args.method)
-    options: dict[str, object] = {
-        name: getattr(args, name) for name in OPTION_FLAGS if info.accepts(name)
-    }
+    given = {name: getattr(args, name) for name in OPTION_FLAGS}
+    given = {name: value for name, value in given.items() if value is not None}
+    ignored = [name for name in given if name not in DEFAULTED_FLAGS and not info.accepts(name)]
+    if ignored:
+        flags = ", ".join(FLAG_NAMES.get(name, f"--{name}") for name in ignored)
+        warnings.warn(
+            f"{flags} not used: --method {args.method} takes no such option",
+            PowersteerWarning,
+            stacklevel=2,
+        )
+    options = {name: value for name, value in given.items() if info.accepts(name)}
     if info.shows_progress:
         options["progress"] = True
     return options
