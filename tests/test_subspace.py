@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import PROMPTS, exact_jacobian
 
-from harness import power_steering
+from harness import PowersteerError, power_steering
 from harness.engine.linalg import largest_principal_angle
 from harness.engine.subspace import SubspaceSolver, bands
 
@@ -110,3 +110,8 @@ def test_power_steering_by_krylov_matches_the_exact_jacobian_svd(qwen3_tiny):
     assert angle < 1e-4
     assert result.residuals is not None and float(result.residuals.max()) < 1e-10
     assert sorted(i for band in result.bands for i in band) == [0, 1, 2]
+
+
+def test_a_warm_start_of_the_wrong_width_is_one_clear_error():
+    with pytest.raises(PowersteerError, match=r"init has shape \(2, 64\); give finite rows"):
+        SubspaceSolver.start(1, 2, 32, init=torch.ones(2, 64))

@@ -105,6 +105,11 @@ class SubspaceSolver:
         vectors, a difference-of-means direction) completed with seeded random directions."""
         first = random_orthonormal_rows(block, d_model, seed=seed, dtype=dtype)
         if init is not None:
+            if init.shape[-1] != d_model or init.ndim > 2 or not bool(torch.isfinite(init).all()):
+                raise PowersteerError(
+                    f"init has shape {tuple(init.shape)}; give finite rows of length "
+                    f"d_model={d_model}, shape (r, {d_model}) or ({d_model},)"
+                )
             warm = init.to(dtype).reshape(-1, d_model)[:block]
             first = orthonormal_rows(torch.cat([warm, first[: block - len(warm)]]))
         return cls(num_vectors, solver, tol, first.to(device))

@@ -96,13 +96,25 @@ def register_method(
             supervised=supervised,
             control=control,
             rank=rank,
-            options=tuple(sorted(p for p in parameters if p not in CALL_ARGUMENTS)),
+            options=tuple(
+                sorted(
+                    name
+                    for name, parameter in parameters.items()
+                    if name not in CALL_ARGUMENTS and not _takes_a_tensor(parameter)
+                )
+            ),
             shows_progress="progress" in parameters,
             options_function=options_function,
         )
         return function
 
     return decorate
+
+
+def _takes_a_tensor(parameter: inspect.Parameter) -> bool:
+    """Tensor-valued keywords (a warm start, a steered point) are for Python callers; a
+    behavior file cannot write a tensor, so they are not behavior options."""
+    return "Tensor" in str(parameter.annotation)
 
 
 def method_info(name: str) -> MethodInfo:
