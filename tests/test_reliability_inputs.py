@@ -156,6 +156,21 @@ def test_a_method_option_of_the_wrong_type_names_the_option(folder, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("option", "problem"),
+    [("melbo: {steps: -5}", "-5 must be at least 1"), ("power: {tol: 0}", "0.0 must be above 0")],
+)
+def test_a_method_option_out_of_range_is_refused_by_validate(folder, capsys, option, problem):
+    text = BEHAVIOR.replace("methods: [random]", "methods: [random, melbo, power]").replace(
+        "  scales: [0, 1]\n", f"  scales: [0, 1]\n  options: {{{option}}}\n"
+    )
+    path = write(folder, text)
+    code, _, err = validate(capsys, str(path))
+    method, key = option.split(":")[0], option.split("{")[1].split(":")[0]
+    assert code == 2
+    assert one_error(err) == f"error: {path}: steering.options.{method}.{key}: {problem}"
+
+
 def test_method_options_are_coerced_to_their_types(folder):
     text = BEHAVIOR.replace("methods: [random]", "methods: [random, melbo]").replace(
         "  scales: [0, 1]\n", "  scales: [0, 1]\n  options: {melbo: {steps: '10', lr: 1e-3}}\n"

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.engine.layers import LayerSpec, resolve_layer_pair
-from harness.engine.methods.registry import register_method
+from harness.engine.methods.registry import Limit, check_limits, register_method
 from harness.engine.methods.result import SteeringVectors
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch, TargetTokens, encode_prompts
@@ -47,7 +47,16 @@ LR_PER_UNIT_RADIUS = 1e-3 / 4.0
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
 
-@register_method("melbo", label="MELBO", colour="C1", rank=1)
+LIMITS = {
+    "steps": Limit(low=1),
+    "p": Limit(low=0, strict=True),
+    "q": Limit(low=0, strict=True),
+    "radius": Limit(low=0, strict=True),
+    "lr": Limit(low=0, strict=True),
+}
+
+
+@register_method("melbo", label="MELBO", colour="C1", rank=1, limits=LIMITS)
 def melbo(
     lm: LanguageModel,
     prompts: Sequence[str],
@@ -139,8 +148,7 @@ def melbo(
 def _check_arguments(num_vectors: int, d_model: int, steps: int, p: float, q: float) -> None:
     if not 1 <= num_vectors <= d_model:
         raise PowersteerError(f"num_vectors={num_vectors} must be in 1..d_model={d_model}")
-    if steps < 1 or p <= 0 or q <= 0:
-        raise PowersteerError(f"steps={steps}, p={p}, q={q}: all must be positive")
+    check_limits("melbo", LIMITS, steps=steps, p=p, q=q)
 
 
 def _starts(

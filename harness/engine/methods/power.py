@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from harness.engine.jacobian import JvpMode, LayerJacobian
 from harness.engine.layers import LayerSpec
 from harness.engine.linalg import fix_signs
-from harness.engine.methods.registry import register_method
+from harness.engine.methods.registry import Limit, check_limits, register_method
 from harness.engine.methods.result import SteeringVectors
 from harness.engine.models import LanguageModel
 from harness.engine.prompts import TargetTokens
@@ -28,9 +28,16 @@ from harness.engine.subspace import RitzPairs, Solver, SubspaceSolver, bands
 from harness.errors import PowersteerError
 
 BAND_GAP = 0.05  # neighbouring singular values within 5% of each other form one band
+LIMITS = {
+    "max_iter": Limit(low=1),
+    "tol": Limit(low=0, strict=True),
+    "oversample": Limit(low=0),
+    "band_gap": Limit(low=0, high=1),
+    "max_rows": Limit(low=1),
+}
 
 
-@register_method("power", label="Power Steering", colour="C0", rank=0)
+@register_method("power", label="Power Steering", colour="C0", rank=0, limits=LIMITS)
 def power_steering(
     lm: LanguageModel,
     prompts: Sequence[str],
@@ -73,13 +80,14 @@ def power_steering(
     """
     started = time.perf_counter()
     d_model = lm.d_model
-    if not 1 <= num_vectors <= d_model or oversample < 0:
+    if not 1 <= num_vectors <= d_model:
         raise PowersteerError(
-            f"num_vectors={num_vectors} must be in 1..d_model={d_model} and "
-            f"oversample={oversample} >= 0; ask for fewer vectors"
+            f"num_vectors={num_vectors} must be in 1..d_model={d_model}; ask for fewer vectors"
         )
-    if max_iter < 1:
-        raise PowersteerError(f"max_iter={max_iter} must be at least 1")
+    check_limits(
+        "power", LIMITS, max_iter=max_iter, tol=tol, oversample=oversample, band_gap=band_gap,
+        max_rows=max_rows,
+    )  # fmt: skip
     jacobian = LayerJacobian(
         lm, prompts, source, target, target_tokens=target_tokens, jvp_mode=jvp_mode,
         max_rows=max_rows, source_site=source_site, target_site=target_site, at=at,

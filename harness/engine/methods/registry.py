@@ -26,6 +26,35 @@ from harness.errors import PowersteerError
 
 MethodFunction = Callable[..., SteeringVectors]
 
+
+@dataclass(frozen=True)
+class Limit:
+    """The range an option's value must lie in: ``low <= value`` (``low < value`` when
+    ``strict``) and ``value <= high``; None (an unset optional) always passes."""
+
+    low: float | None = None
+    high: float | None = None
+    strict: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of range, or None."""
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if self.low is not None and (value <= self.low if self.strict else value < self.low):
+            return f"must be {'above' if self.strict else 'at least'} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"must be at most {self.high:g}"
+        return None
+
+
+def check_limits(method: str, limits: dict[str, Limit], **values: Any) -> None:
+    """One clear error for the first of ``values`` outside its limit."""
+    for name, value in values.items():
+        problem = limits[name].problem(value)
+        if problem is not None:
+            raise PowersteerError(f"{method}: {name}={value!r} {problem}")
+
+
 # Arguments the harness itself passes to every method: not options a behavior may set.
 CALL_ARGUMENTS = frozenset(
     {"lm", "prompts", "contrast", "source", "target", "num_vectors", "seed", "progress"}
@@ -51,9 +80,15 @@ class MethodInfo:
     """Whether the function takes ``progress=`` (a progress bar for long work)."""
     options_function: MethodFunction
     """The function whose keyword arguments the options are (``options_from`` or ``function``)."""
+    limits: dict[str, Limit]
+    """The ranges numeric options must lie in, checked by the method and by ``validate``."""
+
+    keywords: tuple[str, ...] = ()
+    """Every keyword argument the function takes beyond the common call (tensor-valued
+    ones such as a warm start included: Python and CLI callers may pass them)."""
 
     def accepts(self, option: str) -> bool:
-        return option in self.options
+        return option in self.keywords
 
     def option_types(self) -> dict[str, Any]:
         """Each option's annotated type, ``Any`` where it has none or it cannot be resolved."""
@@ -76,6 +111,7 @@ def register_method(
     control: bool = False,
     rank: int = 100,
     options_from: MethodFunction | None = None,
+    limits: dict[str, Limit] | None = None,
 ) -> Callable[[MethodFunction], MethodFunction]:
     """Register the decorated function as method ``name``; returns it unchanged.
 
@@ -88,6 +124,7 @@ def register_method(
             raise PowersteerError(f"method {name!r} is registered twice")
         options_function = options_from or function
         parameters = inspect.signature(options_function).parameters
+        keywords = tuple(sorted(name for name in parameters if name not in CALL_ARGUMENTS))
         METHODS[name] = MethodInfo(
             name=name,
             function=function,
@@ -97,14 +134,12 @@ def register_method(
             control=control,
             rank=rank,
             options=tuple(
-                sorted(
-                    name
-                    for name, parameter in parameters.items()
-                    if name not in CALL_ARGUMENTS and not _takes_a_tensor(parameter)
-                )
+                sorted(name for name in keywords if not _takes_a_tensor(parameters[name]))
             ),
+            keywords=keywords,
             shows_progress="progress" in parameters,
             options_function=options_function,
+            limits=dict(limits or {}),
         )
         return function
 

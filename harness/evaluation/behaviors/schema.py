@@ -216,6 +216,10 @@ def _checked_method_options(method: str, options: dict[str, Any]) -> dict[str, A
             checked[key] = checked_value(types[key], value)
         except OptionTypeError as error:
             raise ValueError(f"options.{method}.{key}: {error}") from None
+        limit = info.limits.get(key)
+        problem = limit.problem(checked[key]) if limit is not None else None
+        if problem is not None:
+            raise ValueError(f"options.{method}.{key}: {checked[key]!r} {problem}")
     return checked
 
 
