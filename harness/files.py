@@ -24,6 +24,17 @@ from filelock import FileLock, Timeout
 from harness.errors import PowersteerError, PowersteerWarning
 
 TEMPORARY_SUFFIX = ".tmp"
+
+
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner alone; a finished file gets the mode an
+# ordinary write would have given it.
+FILE_MODE = 0o666 & ~_process_umask()
 LOCK_FILE = ".powersteer.lock"
 
 
@@ -42,6 +53,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     temporary = Path(temporary_name)
     try:
         write(temporary)
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -317,3 +317,13 @@ def test_warnings_name_what_was_recovered(tmp_path):
         warnings.simplefilter("always")
         assert cache.get_cell("cd" * 32, 0) is None  # logit_scores missing: not a cell
     assert len(caught) == 1 and "cells" in str(caught[0].message)
+
+
+def test_atomic_writes_leave_files_with_the_mode_an_ordinary_write_gives(tmp_path):
+    from harness.files import atomic_write_text
+
+    ordinary = tmp_path / "ordinary.txt"
+    ordinary.write_text("x")
+    atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert atomic.stat().st_mode == ordinary.stat().st_mode
+    assert not list(tmp_path.glob(".*.tmp"))
