@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from harness.engine.methods import ranked_methods
 from harness.evaluation.analysis import (
@@ -30,6 +31,7 @@ from harness.evaluation.analysis import (
     selected_table,
 )
 from harness.evaluation.cells import UNSTEERED
+from harness.evaluation.geometry import geometry_report, read_vectors
 from harness.evaluation.report_tables import (
     format_capability,
     format_costs,
@@ -71,7 +73,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     results, vector_metadata, manifest = read_run(run_dir)
     plots = _plots(run_dir, results, vector_metadata)
     capability = read_capability(run_dir)
-    blocks = build_blocks(results, vector_metadata, manifest, plots, capability)
+    vectors = read_vectors(run_dir)
+    blocks = build_blocks(results, vector_metadata, manifest, plots, capability, vectors)
     markdown = render_markdown(blocks)
     atomic_write_text(run_dir / REPORT_FILE, markdown)
     atomic_write_text(run_dir / HTML_REPORT_FILE, render_html(blocks, run_dir))
@@ -84,8 +87,10 @@ def build_blocks(
     manifest: dict,
     plots: dict[str, Path] | None = None,
     capability: dict | None = None,
+    vectors: dict[str, torch.Tensor] | None = None,
 ) -> list[Block]:
-    """The whole report as blocks, in reading order."""
+    """The whole report as blocks, in reading order; ``vectors`` (each ``behavior/method``
+    set's rows) add each behavior's vector geometry."""
     plots = plots or {}
     tests = comparisons(results)
     costs = cost_table(vector_metadata)
@@ -96,7 +101,7 @@ def build_blocks(
         *_summary_blocks(results, tests, costs, plots),
     ]
     for behavior, rows in results.groupby("behavior", sort=False):
-        blocks.extend(_behavior_blocks(str(behavior), rows, vector_metadata, tests))
+        blocks.extend(_behavior_blocks(str(behavior), rows, vector_metadata, tests, vectors or {}))
     blocks.extend(_cost_blocks(costs, plots))
     blocks.extend(_capability_blocks(capability))
     blocks.extend(_reading_blocks())
@@ -173,6 +178,11 @@ def _reading_blocks() -> list[Block]:
             "the unsteered model gives the completion a mean per-token log-likelihood no more "
             "than the behavior's `coherence.max_loglik_drop` below the median unsteered "
             "completion, and at most `coherence.max_repetition` of its trigrams repeat. "
+            "In a comparisons table, *detectable ≥* is the smallest difference the test "
+            "detects with power 0.8 at its n and Holm's strictest level (for rates a lower "
+            "bound: exact McNemar with every discordant prompt one way; for scores a normal "
+            "approximation), and *underpowered* marks a null result that could not detect "
+            "0.25 in success rate or half a standard deviation of the paired score differences. "
             "Every rate and interval here is recomputed by `powersteer report RUN_DIR` from "
             "`results.parquet` (rules: `harness/evaluation/analysis.py`).",
         ),
@@ -251,7 +261,11 @@ def render_html(blocks: list[Block], run_dir: Path) -> str:
 
 
 def _behavior_blocks(
-    behavior: str, rows: pd.DataFrame, vector_metadata: dict[str, dict], tests: pd.DataFrame
+    behavior: str,
+    rows: pd.DataFrame,
+    vector_metadata: dict[str, dict],
+    tests: pd.DataFrame,
+    vectors: dict[str, torch.Tensor],
 ) -> list[Block]:
     metric = rows["metric"].iloc[0]
     n_select = rows.loc[rows.split == "select", "prompt_index"].nunique()
@@ -280,6 +294,7 @@ def _behavior_blocks(
     if not behavior_tests.empty:
         blocks.append(Block("heading", "Comparisons at selected scales (test prompts)", 3))
         blocks.append(Block("table", format_tests(behavior_tests)))
+    blocks.extend(_geometry_blocks(behavior, vectors, vector_metadata))
     blocks.append(Block("heading", "Example generations at selected scales", 3))
     test = rows[rows.split == "test"]
     for method in [UNSTEERED, *sorted(set(test.method) - {UNSTEERED})]:
@@ -304,6 +319,16 @@ def _behavior_blocks(
                 )
             )
     return blocks
+
+
+def _geometry_blocks(
+    behavior: str, vectors: dict[str, torch.Tensor], vector_metadata: dict[str, dict]
+) -> list[Block]:
+    report = geometry_report(behavior, vectors, vector_metadata)
+    if report is None:  # a hand-built run, or one that saved no vectors
+        return []
+    table, text = report
+    return [Block("heading", "Vector geometry", 3), Block("table", table), Block("text", text)]
 
 
 # --- formatting --------------------------------------------------------------------------------
