@@ -3,8 +3,11 @@ expected selections and p-values are worked out in the comments."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
+from scipy.stats import binom, norm
 
 from harness.evaluation.analysis import comparisons, rate_table, select_cells
 from harness.evaluation.cells import UNSTEERED, Cell
@@ -197,3 +200,85 @@ def test_comparison_effect_and_discordant_counts_are_at_the_selected_scale():
     a = table[table.behavior == "a"].iloc[0]
     assert (a.a_only, a.b_only) == (10, 1)
     assert a.effect == pytest.approx(10 / 12 - 1 / 12)
+
+
+# --- power ---------------------------------------------------------------------------------
+
+# The four comparisons above at 12 prompts, each at the Holm family's strictest level
+# 0.05 / 4 = 0.0125: 2 / 2^7 > 0.0125 >= 2 / 2^8, so 8 discordant prompts (all one way) are
+# needed, and the mdd is the d with P(Binomial(12, d) >= 8) = 0.8: about 0.731.
+MDD_AT_12_OF_4 = 0.7307
+
+
+def test_every_comparison_carries_its_minimum_detectable_difference():
+    pairs = [("power", UNSTEERED), ("random", UNSTEERED)]
+    table = comparisons(two_behavior_results(), pairs=pairs)
+    for row in table.itertuples():
+        assert row.mdd == pytest.approx(MDD_AT_12_OF_4, abs=1e-3)
+        assert binom.sf(7, 12, row.mdd) == pytest.approx(0.8, abs=1e-9)
+
+
+def test_only_null_results_are_underpowered():
+    # a/power is significant after Holm (0.047); the other three are nulls, and none of
+    # them could detect 0.25 (mdd 0.731), so each is underpowered.
+    pairs = [("power", UNSTEERED), ("random", UNSTEERED)]
+    table = comparisons(two_behavior_results(), pairs=pairs)
+    flagged = {(row.behavior, row.a): row.underpowered for row in table.itertuples()}
+    assert flagged == {
+        ("a", "power"): False,
+        ("a", "random"): True,
+        ("b", "power"): True,
+        ("b", "random"): True,
+    }
+
+
+def _one_success_comparison(n: int) -> pd.Series:
+    # Power and unsteered both succeed on the first half of the prompts: a null, p = 1.
+    outcomes = successes_on(range(n // 2), n)
+    rows = results_frame(
+        cell_rows(UNSTEERED, 0.0, outcomes, split="test"),
+        cell_rows("power", 2.0, outcomes, split="test", selected_scale=2.0),
+    )
+    return comparisons(rows, pairs=[("power", UNSTEERED)]).iloc[0]
+
+
+def test_a_null_that_could_detect_a_quarter_is_not_underpowered():
+    # One comparison, level 0.05: six discordant prompts needed. At 32 prompts the mdd is
+    # 0.236 <= 0.25; at 24 it is 0.309 > 0.25.
+    large, small = _one_success_comparison(32), _one_success_comparison(24)
+    assert large.p_holm == 1.0 and small.p_holm == 1.0
+    assert large.mdd == pytest.approx(0.2358, abs=1e-3) and not large.underpowered
+    assert small.mdd == pytest.approx(0.3094, abs=1e-3) and small.underpowered
+
+
+def test_a_comparison_with_too_few_prompts_detects_nothing():
+    # Four prompts, level 0.05: six discordant prompts would be needed.
+    row = _one_success_comparison(4)
+    assert math.isnan(row.mdd) and row.underpowered
+
+
+def _one_score_comparison(n: int) -> pd.Series:
+    # Power scores +1, -1, +1, ... against unsteered's 0: mean difference 0, p = 1.
+    rows = results_frame(
+        cell_rows(UNSTEERED, 0.0, [0.0] * n, split="test"),
+        cell_rows("power", 2.0, [(-1.0) ** i for i in range(n)], split="test", selected_scale=2.0),
+    )
+    return comparisons(rows, pairs=[("power", UNSTEERED)]).iloc[0]
+
+
+def test_score_mdd_is_the_normal_approximation_in_score_units():
+    # The differences alternate ±1 over 40 prompts: sd = sqrt(40 / 39). At level 0.05 the
+    # mdd is 2.8016 · sd / sqrt(40) = 0.449, below half an sd (0.506): not underpowered.
+    row = _one_score_comparison(40)
+    sd = math.sqrt(40 / 39)
+    expected = (norm.ppf(0.975) + norm.ppf(0.8)) * sd / math.sqrt(40)
+    assert row.p_holm == 1.0
+    assert row.mdd == pytest.approx(expected) and not row.underpowered
+
+
+def test_a_score_null_on_few_prompts_is_underpowered():
+    # 12 prompts: mdd = 2.8016 / sqrt(12) sd = 0.81 sd, more than half an sd.
+    row = _one_score_comparison(12)
+    sd = math.sqrt(12 / 11)
+    assert row.mdd == pytest.approx(2.8016 * sd / math.sqrt(12), abs=1e-3)
+    assert row.underpowered

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest, norm
 
 from harness.errors import PowersteerError
-from harness.evaluation.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
+from harness.evaluation.stats import (
+    bootstrap_minimum_detectable_difference,
+    holm,
+    mcnemar_exact,
+    mcnemar_minimum_detectable_difference,
+    paired_bootstrap,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_matches_published_values():
@@ -89,3 +98,87 @@ def test_holm_matches_hand_worked_example():
 def test_holm_caps_at_one_and_keeps_order():
     assert holm([0.5, 0.001, 0.9]) == pytest.approx([1.0, 0.003, 1.0])
     assert holm([]) == []
+
+
+# --- minimum detectable differences ----------------------------------------------------------
+
+
+def _mcnemar_mdd_by_hand(n: int, alpha: float, power: float) -> float:
+    """A direct search: the fewest discordant prompts, all one way, whose exact binomial
+    test reaches ``alpha``, then the first d on a 1e-4 grid whose chance of at least that
+    many discordant prompts out of ``n`` is ``power``."""
+    needed = next(k for k in range(1, n + 1) if binomtest(k, k, 0.5).pvalue <= alpha)
+    grid = np.linspace(0.0, 1.0, 10_001)
+    counts = np.arange(needed, n + 1)[:, None]
+    power_on_grid = binom.pmf(counts, n, grid[None, :]).sum(axis=0)
+    return float(grid[np.argmax(power_on_grid >= power - 1e-12)])
+
+
+def test_mcnemar_mdd_at_32_prompts_matches_a_direct_search():
+    # 2 / 2^5 = 0.0625 > 0.05 >= 2 / 2^6: six discordant prompts are needed.
+    mdd = mcnemar_minimum_detectable_difference(32, 0.05)
+    assert mdd == pytest.approx(_mcnemar_mdd_by_hand(32, 0.05, 0.8), abs=1e-3)
+    assert mdd == pytest.approx(0.2358, abs=1e-3)
+    assert binom.sf(5, 32, mdd) == pytest.approx(0.8, abs=1e-9)
+    assert binom.sf(5, 32, mdd - 1e-3) < 0.8
+
+
+def test_mcnemar_mdd_matches_a_direct_search_at_other_levels():
+    for n, alpha, power in [(12, 0.0125, 0.8), (50, 0.005, 0.9), (20, 0.05, 0.5)]:
+        expected = _mcnemar_mdd_by_hand(n, alpha, power)
+        actual = mcnemar_minimum_detectable_difference(n, alpha, power)
+        assert actual == pytest.approx(expected, abs=1e-3), (n, alpha, power)
+
+
+def test_mcnemar_mdd_rejection_rate_by_simulation():
+    # At the mdd, with every discordant prompt going A's way, mcnemar_exact rejects in
+    # about 80% of simulated experiments.
+    n, alpha = 32, 0.05
+    mdd = mcnemar_minimum_detectable_difference(n, alpha)
+    rng = np.random.default_rng(0)
+    rejected = 0
+    trials = 2000
+    for _ in range(trials):
+        discordant = rng.random(n) < mdd
+        rejected += mcnemar_exact(discordant, np.zeros(n, dtype=bool))[2] <= alpha
+    assert rejected / trials == pytest.approx(0.8, abs=0.03)
+
+
+def test_mcnemar_mdd_with_only_just_enough_prompts_is_a_root_of_the_power():
+    # With n equal to the discordant prompts needed, all must be discordant: power d^n.
+    assert mcnemar_minimum_detectable_difference(6, 0.05) == pytest.approx(0.8 ** (1 / 6))
+    # 0.0625 is exactly 2 / 2^5: five prompts reach it, none lost to rounding.
+    assert mcnemar_minimum_detectable_difference(5, 0.0625) == pytest.approx(0.8 ** (1 / 5))
+
+
+def test_mcnemar_mdd_shrinks_as_prompts_grow():
+    mdds = [mcnemar_minimum_detectable_difference(n, 0.05) for n in (8, 12, 16, 32, 64, 128)]
+    assert all(later < earlier for earlier, later in zip(mdds, mdds[1:], strict=False))
+
+
+def test_mcnemar_mdd_is_none_when_too_few_prompts_can_reach_the_level():
+    # 2 / 2^10 > 0.001: eleven discordant prompts are needed, and four prompts have four.
+    assert math.isnan(mcnemar_minimum_detectable_difference(4, 0.001))
+    assert math.isnan(mcnemar_minimum_detectable_difference(10, 0.001))
+    assert mcnemar_minimum_detectable_difference(11, 0.001) == pytest.approx(0.8 ** (1 / 11))
+
+
+def test_bootstrap_mdd_is_the_normal_approximation_formula():
+    differences = np.random.default_rng(3).normal(0.2, 1.5, size=24)
+    expected = (norm.ppf(0.975) + norm.ppf(0.8)) * np.std(differences, ddof=1) / np.sqrt(24)
+    assert bootstrap_minimum_detectable_difference(differences, 0.05) == pytest.approx(expected)
+    # [1, -1] has sd √2 over √2 prompts, leaving the familiar z_0.975 + z_0.8 = 2.8016.
+    assert bootstrap_minimum_detectable_difference([1.0, -1.0], 0.05) == pytest.approx(
+        2.8016, abs=1e-4
+    )
+
+
+def test_bootstrap_mdd_needs_two_differences():
+    assert math.isnan(bootstrap_minimum_detectable_difference([0.4], 0.05))
+
+
+def test_minimum_detectable_differences_reject_levels_outside_the_unit_interval():
+    with pytest.raises(PowersteerError, match="alpha"):
+        mcnemar_minimum_detectable_difference(32, 0.0)
+    with pytest.raises(PowersteerError, match="power"):
+        bootstrap_minimum_detectable_difference([1.0, 2.0], 0.05, power=1.0)

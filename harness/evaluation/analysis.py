@@ -22,7 +22,20 @@ success rate; of a score behavior, the mean score.
 * **Comparisons** (test split, each method at its selected scale): Power Steering vs
   MELBO, every method vs random, every method vs unsteered; exact McNemar on effective
   success, a paired bootstrap on scores; Holm's correction over every comparison in the
-  report.
+  report. A comparison is significant when its Holm-adjusted p is below 0.05.
+* **Power** (per comparison, at its ``n``): ``mdd``, the minimum detectable difference
+  with power 0.8 at two-sided level 0.05 / m, m the number of comparisons Holm corrects
+  over: Holm's first and strictest step, the one level known before the p-values are (a
+  comparison reached at a later, looser step detects somewhat less). For rates, exact
+  McNemar under the most favourable case that every discordant prompt goes the same way,
+  so it is a lower bound (NaN: no difference is detectable at that ``n``); for scores,
+  the normal approximation ``(z_{1-α/2} + z_0.8) · sd(A − B) / √n``, in score units.
+  ``underpowered`` marks a null result (not significant) that could not have detected
+  the smallest difference worth detecting, fixed in advance rather than read off the
+  observed difference (a null's observed difference is nearly always below its mdd, so
+  that would flag every null): 0.25 in effective success, and half a standard deviation of
+  the paired differences for scores, which share no unit (Cohen's medium standardised
+  effect). A significant result is never underpowered.
 """
 
 from __future__ import annotations
@@ -35,7 +48,14 @@ import pandas as pd
 
 from harness.engine.methods import ranked_methods
 from harness.evaluation.cells import UNSTEERED, Cell
-from harness.evaluation.stats import holm, mcnemar_exact, paired_bootstrap, wilson_interval
+from harness.evaluation.stats import (
+    bootstrap_minimum_detectable_difference,
+    holm,
+    mcnemar_exact,
+    mcnemar_minimum_detectable_difference,
+    paired_bootstrap,
+    wilson_interval,
+)
 
 METHOD_ORDER = (*(info.name for info in ranked_methods()), UNSTEERED)
 # The report's comparison family: the two unsupervised methods head to head, every method
@@ -47,6 +67,12 @@ COMPARED_PAIRS = (
     *((info.name, UNSTEERED) for info in ranked_methods()),
 )
 BOOTSTRAP_RESAMPLES = 10_000
+# Power in the report (rules in the module doc): the family's level, the power a minimum
+# detectable difference is quoted at, and the smallest differences worth detecting.
+FAMILY_ALPHA = 0.05
+POWER = 0.8
+RATE_DIFFERENCE_OF_INTEREST = 0.25
+SCORE_DIFFERENCE_OF_INTEREST_SD = 0.5
 
 
 def select_cells(
@@ -132,10 +158,11 @@ def comparisons(
     results: pd.DataFrame, pairs: Sequence[tuple[str, str]] = COMPARED_PAIRS
 ) -> pd.DataFrame:
     """Paired tests of each ``(a, b)`` in ``pairs`` at the methods' selected scales on the
-    test prompts, Holm-corrected over every row of the table (all behaviors together)."""
+    test prompts, Holm-corrected over every row of the table (all behaviors together),
+    each with its minimum detectable difference and whether a null is underpowered."""
     test = results[results["split"] == "test"]
     chosen = _selected_scales(results)
-    records = []
+    records, differences = [], []
     for behavior, rows in test.groupby("behavior"):
         metric = rows["metric"].iloc[0]
         present = set(rows["method"])
@@ -154,34 +181,17 @@ def comparisons(
                 "n": len(paired),
             }
             if metric == "success":
-                success_a = paired["success_a"].astype(bool) & paired["coherent_a"]
-                success_b = paired["success_b"].astype(bool) & paired["coherent_b"]
-                # mcnemar_exact returns (A fails & B succeeds, A succeeds & B fails, p).
-                b_only, a_only, p_value = mcnemar_exact(success_a, success_b)
-                record.update(
-                    test="exact McNemar",
-                    effect=float(success_a.mean() - success_b.mean()),
-                    a_only=a_only,
-                    b_only=b_only,
-                    p=p_value,
-                )
+                record.update(_success_test(paired))
+                differences.append(None)
             else:
-                diff, low, high, p_value = paired_bootstrap(
-                    paired["score_a"].astype(float),
-                    paired["score_b"].astype(float),
-                    n_resamples=BOOTSTRAP_RESAMPLES,
-                )
-                record.update(
-                    test="paired bootstrap",
-                    effect=diff,
-                    effect_low=low,
-                    effect_high=high,
-                    p=p_value,
-                )
+                record.update(_score_test(paired))
+                diffs = paired["score_a"].astype(float) - paired["score_b"].astype(float)
+                differences.append(diffs)
             records.append(record)
     table = pd.DataFrame.from_records(records)
     if not table.empty:
         table["p_holm"] = holm(table["p"].tolist())
+        _add_power(table, differences)
     return table
 
 
@@ -279,6 +289,59 @@ def _summarise(group: pd.DataFrame) -> dict[str, float]:
         )
         summary.update(value=mean, low=low, high=high)
     return summary
+
+
+def _success_test(paired: pd.DataFrame) -> dict:
+    success_a = paired["success_a"].astype(bool) & paired["coherent_a"]
+    success_b = paired["success_b"].astype(bool) & paired["coherent_b"]
+    # mcnemar_exact returns (A fails & B succeeds, A succeeds & B fails, p).
+    b_only, a_only, p_value = mcnemar_exact(success_a, success_b)
+    return {
+        "test": "exact McNemar",
+        "effect": float(success_a.mean() - success_b.mean()),
+        "a_only": a_only,
+        "b_only": b_only,
+        "p": p_value,
+    }
+
+
+def _score_test(paired: pd.DataFrame) -> dict:
+    diff, low, high, p_value = paired_bootstrap(
+        paired["score_a"].astype(float),
+        paired["score_b"].astype(float),
+        n_resamples=BOOTSTRAP_RESAMPLES,
+    )
+    return {
+        "test": "paired bootstrap",
+        "effect": diff,
+        "effect_low": low,
+        "effect_high": high,
+        "p": p_value,
+    }
+
+
+def _add_power(table: pd.DataFrame, differences: list[pd.Series | None]) -> None:
+    """The ``mdd`` and ``underpowered`` columns (rules in the module doc); ``differences``
+    holds each score row's paired differences and None for a success row."""
+    alpha = FAMILY_ALPHA / len(table)
+    mdd, underpowered = [], []
+    for row, diffs in zip(table.itertuples(), differences, strict=True):
+        if diffs is None:
+            detectable = mcnemar_minimum_detectable_difference(int(row.n), alpha, POWER)
+            of_interest = RATE_DIFFERENCE_OF_INTEREST
+        else:
+            detectable = bootstrap_minimum_detectable_difference(diffs, alpha, POWER)
+            of_interest = SCORE_DIFFERENCE_OF_INTEREST_SD * _sd(diffs)
+        null = row.p_holm >= FAMILY_ALPHA
+        mdd.append(detectable)
+        # Written so a NaN mdd (nothing detectable) counts as underpowered.
+        underpowered.append(bool(null and not detectable <= of_interest))
+    table["mdd"] = mdd
+    table["underpowered"] = underpowered
+
+
+def _sd(values: pd.Series) -> float:
+    return float(np.std(values.to_numpy(), ddof=1)) if len(values) > 1 else math.nan
 
 
 def _selected_scales(results: pd.DataFrame) -> dict[tuple[str, str], float]:

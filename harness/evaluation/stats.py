@@ -1,4 +1,5 @@
-"""Statistics for a report: intervals on success rates, paired tests, multiple comparisons.
+"""Statistics for a report: intervals on success rates, paired tests, multiple comparisons,
+and the smallest difference a paired test could have detected.
 
 Every function takes plain numbers or sequences and returns plain floats, so a report, a
 notebook or a CI check can call them without the rest of the harness.
@@ -112,6 +113,66 @@ def holm(p_values: Sequence[float]) -> list[float]:
     adjusted = np.empty(m)
     adjusted[order] = adjusted_sorted
     return [float(x) for x in adjusted]
+
+
+def mcnemar_minimum_detectable_difference(n: int, alpha: float, power: float = 0.8) -> float:
+    """Smallest difference in paired success rates an exact two-sided McNemar test at
+    level ``alpha`` detects with probability ``power`` over ``n`` paired prompts.
+
+    It assumes the most favourable case, every discordant prompt going the same way: a
+    difference ``d`` then makes each prompt discordant with probability ``d``, so the
+    discordant count is Binomial(n, d), and ``D`` discordant prompts all one way give the
+    p-value ``min(1, 2 · 0.5^D)`` of :func:`mcnemar_exact`. Discordance in both directions
+    only adds noise, so this is a **lower bound**: a real comparison needs at least this
+    difference, usually more. Returns NaN when no difference can be detected, which is
+    when ``n`` is below the fewest discordant prompts that can reach ``alpha``.
+    """
+    _check_level(alpha, "alpha")
+    _check_level(power, "power")
+    if n < 0:
+        raise PowersteerError(f"n={n} must not be negative")
+    needed = _fewest_discordant_to_reject(alpha)
+    if n < needed:
+        return math.nan
+    # P(Binomial(n, d) >= k) is the regularised incomplete beta I_d(k, n - k + 1), which
+    # rises with d, so the d where it reaches ``power`` is that Beta's quantile.
+    return float(stats.beta.ppf(power, needed, n - needed + 1))
+
+
+def bootstrap_minimum_detectable_difference(
+    differences: Sequence[float] | np.ndarray, alpha: float, power: float = 0.8
+) -> float:
+    """Smallest mean paired difference a two-sided test at level ``alpha`` detects with
+    probability ``power``: ``(z_{1-alpha/2} + z_power) · sd(differences) / sqrt(n)``.
+
+    This is the normal approximation to the sampling distribution of the mean that the
+    paired bootstrap (:func:`paired_bootstrap`) resamples, with the observed standard
+    deviation (``ddof=1``) standing in for the true one; it is approximate, and optimistic
+    for small or heavy-tailed samples. NaN with fewer than two differences.
+    """
+    _check_level(alpha, "alpha")
+    _check_level(power, "power")
+    diffs = np.asarray(differences, dtype=np.float64)
+    if diffs.ndim != 1:
+        raise PowersteerError("differences must be a 1-D sequence")
+    if diffs.size < 2:
+        return math.nan
+    z_sum = float(stats.norm.ppf(1.0 - alpha / 2) + stats.norm.ppf(power))
+    return z_sum * float(np.std(diffs, ddof=1)) / math.sqrt(diffs.size)
+
+
+def _fewest_discordant_to_reject(alpha: float) -> int:
+    # The smallest D with min(1, 2 · 0.5^D) <= alpha, counted rather than taken from a
+    # logarithm so a level that is exactly a power of two is not lost to rounding.
+    discordant = 0
+    while min(1.0, 2.0 * 0.5**discordant) > alpha:
+        discordant += 1
+    return discordant
+
+
+def _check_level(value: float, name: str) -> None:
+    if not 0.0 < value < 1.0:
+        raise PowersteerError(f"{name}={value} must lie strictly between 0 and 1")
 
 
 def _as_bool_array(values: Sequence[bool] | np.ndarray, name: str) -> np.ndarray:
