@@ -182,7 +182,8 @@ def _reading_blocks() -> list[Block]:
             "detects with power 0.8 at its n and Holm's strictest level (for rates a lower "
             "bound: exact McNemar with every discordant prompt one way; for scores a normal "
             "approximation), and *underpowered* marks a null result that could not detect "
-            "0.25 in success rate or half a standard deviation of the paired score differences. "
+            "0.25 in effective success or half a standard deviation of the paired score "
+            "differences. "
             "Every rate and interval here is recomputed by `powersteer report RUN_DIR` from "
             "`results.parquet` (rules: `harness/evaluation/analysis.py`).",
         ),

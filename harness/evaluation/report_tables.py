@@ -47,6 +47,8 @@ def format_rates(rates: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def format_tests(tests: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons table: each paired test, its p-values, the smallest difference it
+    could have detected and a mark on a null result that is underpowered."""
     records = []
     for row in tests.itertuples():
         record = {
@@ -64,6 +66,9 @@ def format_tests(tests: pd.DataFrame) -> pd.DataFrame:
             record["only A / only B"] = ""
         record["p"] = f"{row.p:.2g}"
         record["p (Holm)"] = f"{row.p_holm:.2g}"
+        # NaN: no difference at all is detectable at this n and level.
+        record["detectable ≥"] = "none" if is_nan(row.mdd) else f"{row.mdd:.3f}"
+        record["underpowered"] = "yes" if row.underpowered else ""
         records.append(record)
     return pd.DataFrame.from_records(records)
 
