@@ -211,9 +211,12 @@ def test_a_hand_built_run_renders_its_numbers_in_markdown():
     assert f"| power | 2 | 12 | {effective} | {effective} | 1.000 | " in markdown
     none = format_interval(0.0, *wilson_interval(0, 12))
     assert f"| power | 4 | 12 | {none} | {none} | 1.000 | {none} | -1.00 | 0.00 |" in lines
+    # Detectable at n = 12, one comparison, level 0.05: 6 discordant prompts one way are
+    # needed (2 / 2^6 < 0.05), reached with power 0.8 at d = 0.578; significant, so not
+    # marked underpowered.
     assert (
-        "| power | unsteered | 2 / 0 | 12 | exact McNemar | +0.750 | 9 / 0 | 0.0039 | 0.0039 |"
-        in lines
+        "| power | unsteered | 2 / 0 | 12 | exact McNemar | +0.750 | 9 / 0 | 0.0039 | 0.0039 "
+        "| 0.578 |  |" in lines
     )
     assert "| b | melbo | 2 | 50 | 2.5 | 3.0 | 1.5 |  |" in lines
     assert "| b | power | 2 | 20 | 1 | 2.0 | 1 | True |" in lines
