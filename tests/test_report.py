@@ -17,6 +17,7 @@ from harness.evaluation.report import (
     render_html,
     render_markdown,
     summary_table,
+    underpowered_text,
 )
 from harness.evaluation.report_tables import format_interval
 from harness.evaluation.stats import wilson_interval
@@ -247,3 +248,16 @@ def test_identifiability_says_plainly_when_the_solver_did_not_converge():
     meta = {**POWER_META, "converged": False, "bands": [[0], [1], [2]], "selected": None}
     text = identifiability_text(meta)
     assert "did NOT converge" in text and "Every vector is individually determined" in text
+
+
+def test_underpowered_nulls_get_one_line_with_what_could_have_been_detected():
+    tests = pd.DataFrame(
+        {"a": ["power", "melbo", "power"], "b": ["random", "random", "melbo"],
+         "mdd": [0.369, 0.369, float("nan")], "underpowered": [True, False, True]}
+    )  # fmt: skip
+    text = underpowered_text(tests)
+    assert text.startswith("Underpowered null results (power vs random, power vs melbo)")
+    assert "differences below 0.369 could not have been detected" in text
+    only_none = underpowered_text(tests.iloc[[2]])
+    assert "no difference could have been detected" in only_none
+    assert underpowered_text(tests.iloc[[1]]) is None

@@ -295,6 +295,9 @@ def _behavior_blocks(
     if not behavior_tests.empty:
         blocks.append(Block("heading", "Comparisons at selected scales (test prompts)", 3))
         blocks.append(Block("table", format_tests(behavior_tests)))
+        weak = underpowered_text(behavior_tests)
+        if weak:
+            blocks.append(Block("text", weak))
     blocks.extend(_geometry_blocks(behavior, vectors, vector_metadata))
     blocks.append(Block("heading", "Example generations at selected scales", 3))
     test = rows[rows.split == "test"]
@@ -387,6 +390,29 @@ def _html_table(table: pd.DataFrame) -> str:
 def _inline_code(text: str) -> str:
     pieces = text.split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
+
+
+def underpowered_text(tests: pd.DataFrame) -> str | None:
+    """One line naming the null results these prompts could not resolve, or None."""
+    weak = tests[tests["underpowered"].astype(bool)] if "underpowered" in tests else tests[:0]
+    if weak.empty:
+        return None
+    pairs = ", ".join(f"{row.a} vs {row.b}" for row in weak.itertuples())
+    detectable = sorted({round(float(value), 3) for value in weak["mdd"].dropna()})
+    if not detectable:
+        bound = "no difference could have been detected"
+    else:
+        span = (
+            f"{detectable[0]:g}"
+            if len(detectable) == 1
+            else (f"{detectable[0]:g} to {detectable[-1]:g}")
+        )
+        bound = f"differences below {span} could not have been detected"
+    return (
+        f"Underpowered null results ({pairs}): at these n and the Holm-adjusted level, "
+        f'{bound} (power 0.8); "not distinguishable" here is not evidence of no effect. '
+        "More test prompts would resolve them."
+    )
 
 
 def identifiability_text(meta: dict) -> str:
