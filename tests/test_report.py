@@ -13,12 +13,11 @@ from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.report import (
     Block,
     build_blocks,
-    identifiability_text,
     render_html,
     render_markdown,
     summary_table,
-    underpowered_text,
 )
+from harness.evaluation.report_notes import identifiability_text, underpowered_text
 from harness.evaluation.report_tables import format_interval
 from harness.evaluation.stats import wilson_interval
 from harness.testing.results_frames import cell_rows, results_frame, successes_on

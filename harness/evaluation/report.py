@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from harness.evaluation.analysis import (
 )
 from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.geometry import geometry_report, read_vectors
+from harness.evaluation.report_notes import identifiability_text, underpowered_text
 from harness.evaluation.report_tables import (
     format_capability,
     format_costs,
@@ -390,62 +390,6 @@ def _html_table(table: pd.DataFrame) -> str:
 def _inline_code(text: str) -> str:
     pieces = text.split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
-
-
-def underpowered_text(tests: pd.DataFrame) -> str | None:
-    """One line naming the null results these prompts could not resolve, or None."""
-    weak = tests[tests["underpowered"].astype(bool)] if "underpowered" in tests else tests[:0]
-    if weak.empty:
-        return None
-    pairs = ", ".join(f"{row.a} vs {row.b}" for row in weak.itertuples())
-    detectable = sorted({round(float(value), 3) for value in weak["mdd"].dropna()})
-    if not detectable:
-        bound = "no difference could have been detected"
-    else:
-        span = (
-            f"{detectable[0]:g}"
-            if len(detectable) == 1
-            else (f"{detectable[0]:g} to {detectable[-1]:g}")
-        )
-        bound = f"differences below {span} could not have been detected"
-    return (
-        f"Underpowered null results ({pairs}): at these n and the Holm-adjusted level, "
-        f'{bound} (power 0.8); "not distinguishable" here is not evidence of no effect. '
-        "More test prompts would resolve them."
-    )
-
-
-def identifiability_text(meta: dict) -> str:
-    """What Power Steering's vectors are worth individually: convergence, bands, and
-    whether the selected vector is one of a band (then any rotation inside it is as good)."""
-    residuals = meta.get("residuals") or []
-    options = meta.get("options", {})
-    verdict = "converged" if meta.get("converged") else "did NOT converge"
-    parts = [
-        f"Power Steering ({options.get('solver', 'power')}) {verdict} after "
-        f"{meta.get('iterations')} steps: largest relative residual "
-        f"{max(residuals) if residuals else math.nan:.1e} "
-        f"(tol {options.get('tol')})."
-    ]
-    shared = [band for band in meta["bands"] if len(band) > 1]
-    gap = options.get("band_gap")
-    if shared:
-        listed = "; ".join(f"v{band[0]}–v{band[-1]}" for band in shared)
-        parts.append(
-            f"Bands of singular values within {gap} of each other ({listed}): only each band's "
-            "span is determined, not its individual vectors."
-        )
-    else:
-        parts.append(f"Every vector is individually determined (no two σ within {gap}).")
-    chosen = (meta.get("selected") or {}).get("vector")
-    band_of_chosen = next((band for band in shared if chosen in band), None)
-    if band_of_chosen is not None:
-        parts.append(
-            f"The selected vector v{chosen} lies in a band: another run (seed, prompts) can "
-            "return a different vector of the same span, so its effect is the band's, "
-            "not a stable direction's."
-        )
-    return " ".join(parts)
 
 
 def _plots(
