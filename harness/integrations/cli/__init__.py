@@ -1,9 +1,9 @@
 """The ``powersteer`` command line. Each subcommand is a thin shell over the Python API.
 
 One module per command group: :mod:`.run` (run, report, rescore, capability, lm-eval),
-:mod:`.vectors` (vectors, map), :mod:`.import_vectors` (import-vectors), :mod:`.behaviors`
-(validate, new) and :mod:`.models` (models list/fetch); the organism's commands come from
-:mod:`harness.organism.cli`.
+:mod:`.vectors` (vectors, map), :mod:`.import_vectors` (import-vectors), :mod:`.generate`
+(generate), :mod:`.behaviors` (validate, new) and :mod:`.models` (models list/fetch); the
+organism's commands come from :mod:`harness.organism.cli`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from harness.integrations.cli.failures import (
     one_line_warnings,
     write_problem,
 )
+from harness.integrations.cli.generate import add_generate_command
 from harness.integrations.cli.import_vectors import add_import_vectors_command
 from harness.integrations.cli.models import add_models_commands
 from harness.integrations.cli.run import add_run_commands
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_vectors_command(commands)
     add_import_vectors_command(commands)
     add_map_command(commands)
+    add_generate_command(commands)
     if organism_cli is not None:
         organism_cli.add_organism_commands(commands)
     add_models_commands(commands)
