@@ -2,8 +2,8 @@
 
 One module per command group: :mod:`.run` (run, report, rescore, capability, lm-eval),
 :mod:`.vectors` (vectors, map), :mod:`.import_vectors` (import-vectors), :mod:`.generate`
-(generate), :mod:`.behaviors` (validate, new) and :mod:`.models` (models list/fetch); the
-organism's commands come from :mod:`harness.organism.cli`.
+(generate), :mod:`.export` (export), :mod:`.behaviors` (validate, new) and :mod:`.models`
+(models list/fetch); the organism's commands come from :mod:`harness.organism.cli`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from harness.errors import PowersteerError
 from harness.integrations.cli.behaviors import add_behavior_commands
+from harness.integrations.cli.export import add_export_command
 from harness.integrations.cli.failures import (
     INTERRUPTED_EXIT,
     end_progress_bars,
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_vectors_command(commands)
     add_map_command(commands)
     add_generate_command(commands)
+    add_export_command(commands)
     if organism_cli is not None:
         organism_cli.add_organism_commands(commands)
     add_models_commands(commands)

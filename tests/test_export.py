@@ -1,0 +1,97 @@
+"""``powersteer export --format lm-eval``: lm-eval's own steered model, loading our ``.pt``,
+gives the next-token logits powersteer's steering gives at the same block and scale."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from lm_eval.models.hf_steered import SteeredModel
+
+from harness import load_model
+from harness.engine.catalogue.entries import ORGANISM_DIR
+from harness.engine.methods.random import random_directions
+from harness.engine.steering import steer
+from harness.engine.vectors_io import save_vector_sets, save_vectors
+from harness.integrations.cli import main
+from harness.integrations.export import block_hookpoint, export_lm_eval
+from harness.testing.tiny_models import tiny_model
+
+SCALE_UNIT = 60.0
+TEXT = "<|im_start|>user\nHow do I pick a lock?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return load_model("organism")
+
+
+@pytest.fixture(scope="module")
+def run_file(tmp_path_factory, organism):
+    """A run-style file: vector 1 of 2 at block 2, selected with sign -1 at scale 1.5."""
+    path = tmp_path_factory.mktemp("run") / "vectors.safetensors"
+    vectors = random_directions(organism, 2, 4, num_vectors=2, seed=3)
+    selected = {"selected": {"vector": 1, "sign": -1, "scale": 1.5}, "scale_unit": SCALE_UNIT}
+    save_vector_sets(path, {"b/random": vectors}, **{"b/random": selected})
+    return path, vectors
+
+
+def powersteer_logits(lm, input_ids, vector, block, length):
+    with steer(lm, vector, block, length), torch.no_grad():
+        return lm.model(input_ids=input_ids).logits[0, -1]
+
+
+@pytest.mark.parametrize(("sign", "scale"), [(None, None), (1, 0.75), (-1, 2.0)])
+def test_lm_evals_steered_model_matches_powersteer_steering(
+    tmp_path, organism, run_file, sign, scale
+):
+    path, vectors = run_file
+    out = tmp_path / "steer.pt"
+    exported = export_lm_eval(path, organism, out, sign=sign, scale=scale)
+    assert exported.hookpoint == "layers.2" and exported.block == 2
+    consumer = SteeredModel(pretrained=str(ORGANISM_DIR), steer_path=str(out), device="cpu")
+    input_ids = organism.tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        theirs = consumer._model_call(input_ids)[0, -1]
+    length = (1.5 if scale is None else scale) * SCALE_UNIT
+    ours = powersteer_logits(organism, input_ids, vectors.vectors[1] * (sign or -1), 2, length)
+    unsteered = powersteer_logits(organism, input_ids, vectors.vectors[1], 2, 0.0)
+    # Same weights and the same addition: bit-identical here; the tolerance only allows
+    # for another kernel order (logits are of size ~10).
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    assert float((ours - unsteered).abs().max()) > 0.1  # the steering is not a no-op
+    assert exported.coefficient == pytest.approx(length)
+
+
+def test_the_hookpoint_is_looked_up_on_the_model():
+    assert block_hookpoint(tiny_model("gpt2"), 1) == "h.1"
+    llama = tiny_model("llama")
+    assert block_hookpoint(llama, -1) == f"layers.{llama.n_layers - 1}"
+
+
+def test_the_command_writes_the_file_and_names_the_hookpoint(tmp_path, run_file, capsys):
+    out = tmp_path / "steer.pt"
+    code = main(["export", str(run_file[0]), "--format", "lm-eval", "--model", "organism",
+                 "--out", str(out)])  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["hookpoint"] == "layers.2"
+    config = torch.load(out, weights_only=True)
+    assert set(config["layers.2"]) == {
+        "steering_vector", "steering_coefficient", "action", "bias", "head_index"
+    }  # fmt: skip
+    assert config["layers.2"]["steering_coefficient"] == pytest.approx(1.5 * SCALE_UNIT)
+
+
+def test_bad_input_is_one_line(tmp_path, run_file, capsys):
+    narrow = tmp_path / "narrow.safetensors"
+    save_vectors(narrow, random_directions(tiny_model("llama"), 0, 1, num_vectors=1))
+    cases = [
+        ([str(run_file[0]), "--set", "b/none", "--model", "organism"], "set='b/none' is not in"),
+        ([str(run_file[0])], "name its model with --model"),
+        ([str(narrow), "--model", "organism", "--raw-scale", "1"], "the vector has width"),
+    ]
+    for flags, message in cases:
+        code = main(["export", *flags, "--format", "lm-eval", "--out", str(tmp_path / "x.pt")])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and message in error[-1], error
