@@ -80,6 +80,7 @@ def test_scale_zero_is_plain_unsteered_generation(organism, run_file):
     unsteered = [c.completion for c in cells if c.scale == 0.0]
     assert unsteered == [text for text in plain.texts for _ in (-1, 1)]
     assert any(c.completion != plain.texts[0] for c in cells if c.prompt == PROMPTS[0])  # steered
+    assert {c.block for c in cells} == {1} and len({c.unit for c in cells}) == 1
 
 
 def test_coherence_is_the_sweeps_rule():
@@ -92,7 +93,7 @@ def test_coherence_is_the_sweeps_rule():
 
 def test_the_text_table_cuts_long_text_to_the_width():
     cell = Cell(prompt="p" * 50, scale=0.5, sign=-1, completion="word\n" * 40, loglik=-1.234,
-                repetition=0.0, coherent=True)  # fmt: skip
+                repetition=0.0, coherent=True, unit=60.0, block=1)  # fmt: skip
     lines = text_table([cell], width=100).splitlines()
     assert len(lines) == 2 and all(len(line) <= 100 for line in lines)
     assert lines[1].split()[1:6] == ["0.5", "-1", "-1.23", "0.00", "yes"]

@@ -14,6 +14,7 @@ import html
 import math
 import shutil
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,8 @@ DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0)
 @dataclass(frozen=True)
 class Cell:
     """One completion: ``prompt`` (as given, before any chat template) steered by ``sign``
-    times the vector at ``scale`` scale units, with its coherence figures."""
+    times the vector at ``scale`` times ``unit`` (the median residual norm at ``block`` on
+    these prompts), with its coherence figures."""
 
     prompt: str
     scale: float
@@ -46,6 +48,8 @@ class Cell:
     loglik: float
     repetition: float
     coherent: bool
+    unit: float
+    block: int
 
 
 @dataclass(frozen=True)
@@ -76,29 +80,8 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", default="organism", help="hub id, local directory, or 'organism' (default)"
     )
-    parser.add_argument(
-        "--vectors", required=True, type=Path, metavar="RUN_DIR|FILE",
-        help="a run directory (its vectors.safetensors), a run's vector file, or a file from "
-        "`powersteer vectors`",
-    )  # fmt: skip
-    parser.add_argument("--set", default=None, metavar="BEHAVIOR/METHOD",
-                        help="the set of a run's file (needed when it holds several)")  # fmt: skip
-    parser.add_argument("--index", type=int, default=None,
-                        help="the vector (default: the run's selected one, else 0)")  # fmt: skip
-    parser.add_argument("--sign", type=int, default=None, choices=(1, -1),
-                        help="the vector's sign (default: the run's selected, else 1)")  # fmt: skip
-    given = parser.add_mutually_exclusive_group(required=True)
-    given.add_argument("--prompts", type=Path, help="a .txt, .jsonl or .json file of prompts")
-    given.add_argument("--prompt", action="append", metavar="TEXT",
-                       help="a prompt (repeat the flag for several)")  # fmt: skip
-    parser.add_argument("--field", default="prompt", help="the prompt field in .jsonl/.json")
-    parser.add_argument(
-        "--chat", action="store_true", help="wrap each prompt in the model's chat template"
-    )
-    parser.add_argument(
-        "--system", default=None, metavar="TEXT",
-        help="a system turn before each prompt, through the chat template (implies --chat)",
-    )  # fmt: skip
+    _add_vector_arguments(parser)
+    _add_prompt_arguments(parser)
     parser.add_argument("--scales", type=_scales_argument, default=DEFAULT_SCALES,
                         help="comma-separated scales (default 0,0.5,1,2)")  # fmt: skip
     parser.add_argument("--both-signs", action="store_true",
@@ -115,6 +98,35 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(handler=_run_generate)
+
+
+def _add_vector_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vectors", required=True, type=Path, metavar="RUN_DIR|FILE",
+        help="a run directory (its vectors.safetensors), a run's vector file, or a file from "
+        "`powersteer vectors`",
+    )  # fmt: skip
+    parser.add_argument("--set", default=None, metavar="BEHAVIOR/METHOD",
+                        help="the set of a run's file (needed when it holds several)")  # fmt: skip
+    parser.add_argument("--index", type=int, default=None,
+                        help="the vector (default: the run's selected one, else 0)")  # fmt: skip
+    parser.add_argument("--sign", type=int, default=None, choices=(1, -1),
+                        help="the vector's sign (default: the run's selected, else 1)")  # fmt: skip
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--prompts", type=Path, help="a .txt, .jsonl or .json file of prompts")
+    given.add_argument("--prompt", action="append", metavar="TEXT",
+                       help="a prompt (repeat the flag for several)")  # fmt: skip
+    parser.add_argument("--field", default="prompt", help="the prompt field in .jsonl/.json")
+    parser.add_argument(
+        "--chat", action="store_true", help="wrap each prompt in the model's chat template"
+    )
+    parser.add_argument(
+        "--system", default=None, metavar="TEXT",
+        help="a system turn before each prompt, through the chat template (implies --chat)",
+    )  # fmt: skip
 
 
 def _scales_argument(text: str) -> tuple[float, ...]:
@@ -142,9 +154,12 @@ def _run_generate(args: argparse.Namespace) -> int:
         lm, prompts, steering, args.scales, signs, rule=rule, chat=args.chat, system=args.system,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
     )  # fmt: skip
+    unit = f"scale 1 = {cells[0].unit:.4g}, the median residual norm at block {cells[0].block}"
+    print(f"{args.model}, {args.vectors}: {unit} on these prompts", file=sys.stderr)
     print(text_table(cells, width=shutil.get_terminal_size((120, 24)).columns))
     if args.html is not None:
-        atomic_write_text(args.html, html_table(cells, title=f"{args.model}: {args.vectors}"))
+        title = f"{args.model}: {args.vectors} ({unit})"
+        atomic_write_text(args.html, html_table(cells, title=title))
     return 0
 
 
@@ -223,7 +238,8 @@ def generate_cells(
     return [
         Cell(prompt=prompts[i], scale=scale, sign=sign, completion=completions.texts[row],
              loglik=logliks[row], repetition=repetitions[row],
-             coherent=is_coherent(logliks[row], repetitions[row], reference, rule))
+             coherent=is_coherent(logliks[row], repetitions[row], reference, rule),
+             unit=unit, block=source)
         for row, (i, scale, sign) in enumerate(grid)
         if row >= len(texts)
     ]  # fmt: skip
