@@ -15,11 +15,11 @@ from harness.engine.methods.random import random_directions
 from harness.engine.prompts import format_chat
 from harness.engine.vectors_io import save_vector_sets, save_vectors
 from harness.evaluation.behaviors.schema import Coherence
+from harness.evaluation.coherence import is_coherent
 from harness.integrations.cli import main
 from harness.integrations.cli.generate import (
     Cell,
     generate_cells,
-    is_coherent,
     resolve_steering,
     text_table,
 )

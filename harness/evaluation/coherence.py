@@ -9,9 +9,11 @@ not loop (at most ``coherence.max_repetition`` of its trigrams repeat,
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
-from harness.evaluation.behaviors import Behavior
+from harness.evaluation.behaviors import Behavior, Coherence
 from harness.evaluation.cells import UNSTEERED
 
 
@@ -23,8 +25,15 @@ def mark_coherent(results: pd.DataFrame, behavior: Behavior) -> None:
     reference_rows = (results["method"] == UNSTEERED) & (results["split"] == "select")
     unsteered = results.loc[reference_rows, "loglik"]
     reference = float(unsteered.median()) if unsteered.notna().any() else float("nan")
-    rule = behavior.coherence
     results["coherence_reference"] = reference
-    results["coherent"] = (results["loglik"] >= reference - rule.max_loglik_drop) & (
-        results["repetition"] <= rule.max_repetition
+    results["coherent"] = is_coherent(
+        results["loglik"], results["repetition"], reference, behavior.coherence
     )
+
+
+def is_coherent(loglik: Any, repetition: Any, reference: float, rule: Coherence) -> Any:
+    """The rule, on numbers or on whole columns: log-likelihood within
+    ``rule.max_loglik_drop`` nats/token of ``reference`` (the median unsteered completion's)
+    and at most ``rule.max_repetition`` repeated trigrams. A NaN log-likelihood (an empty
+    completion) is never coherent."""
+    return (loglik >= reference - rule.max_loglik_drop) & (repetition <= rule.max_repetition)

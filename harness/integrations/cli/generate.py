@@ -24,6 +24,7 @@ from harness.engine.prompts import format_chat, read_prompts
 from harness.errors import PowersteerError
 from harness.evaluation.behaviors import load_behavior
 from harness.evaluation.behaviors.schema import Coherence
+from harness.evaluation.coherence import is_coherent
 from harness.files import atomic_write_text
 from harness.integrations.cli.parsing import add_command
 
@@ -248,13 +249,6 @@ def generate_cells(
 def _median(values: Sequence[float]) -> float:
     finite = [value for value in values if not math.isnan(value)]
     return statistics.median(finite) if finite else float("nan")
-
-
-def is_coherent(loglik: float, repetition: float, reference: float, rule: Coherence) -> bool:
-    """The sweep's rule: log-likelihood within ``rule.max_loglik_drop`` nats/token of the
-    median unsteered completion, and at most ``rule.max_repetition`` repeated trigrams
-    (a NaN log-likelihood, an empty completion, is not coherent)."""
-    return loglik >= reference - rule.max_loglik_drop and repetition <= rule.max_repetition
 
 
 HEADERS = ("prompt", "scale", "sign", "loglik", "repeat", "coherent", "completion")
