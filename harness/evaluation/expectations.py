@@ -26,8 +26,10 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import PowersteerError
-from harness.evaluation.analysis import UNSTEERED, comparisons, selected_table
+from harness.evaluation.analysis import comparisons, selected_table
 from harness.evaluation.behaviors import Behavior
+from harness.evaluation.cells import UNSTEERED
+from harness.files import atomic_write_json
 
 ALPHA = 0.05
 BASELINE_VERSION = 1
@@ -171,7 +173,4 @@ def write_baseline(
         "behaviors": {b: dict(sorted(m.items())) for b, m in sorted(merged.items())},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)
-    return path
+    return atomic_write_json(path, data)

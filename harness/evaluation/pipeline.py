@@ -44,8 +44,7 @@ from harness.evaluation.run_dir import (
     VECTORS_FILE,
     default_run_dir,
     mark_incomplete,
-    read_manifest,
-    read_results,
+    read_run,
     write_manifest,
     write_results,
 )
@@ -172,8 +171,7 @@ def rescore(run_dir: str | os.PathLike[str], behavior_file: str | os.PathLike[st
 
 
 def _rescore(run_dir: Path, behavior: Behavior, behavior_file: Path) -> Path:
-    manifest = read_manifest(run_dir)
-    results = read_results(run_dir)
+    results, _, manifest = read_run(run_dir)  # checked once against the manifest
     mine = results["behavior"] == behavior.name
     if not mine.any():
         known = ", ".join(sorted(set(results["behavior"])))

@@ -114,12 +114,6 @@ def _incomplete(run_dir: Path, problem: str) -> None:
     )
 
 
-def read_results(run_dir: Path) -> pd.DataFrame:
-    """The results of a complete run (checked against its manifest first)."""
-    read_manifest(run_dir)
-    return _read_parquet(run_dir / RESULTS_FILE)
-
-
 def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)

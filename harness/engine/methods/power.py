@@ -158,22 +158,6 @@ def _solve(
     return state.ritz
 
 
-def rayleigh_ritz(basis: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ritz values and vectors of ``JᵀJ`` on the span of ``basis`` ``(b, d)``.
-
-    ``images`` ``(b, M)`` holds ``J v`` for each basis row. The Gram matrix
-    ``images imagesᵀ = Bᵀ JᵀJ B`` is tiny (``b × b``); its eigenpairs give the singular
-    values ``σ`` (descending) and the rotated basis ``(b, d)`` in float64.
-    """
-    images = images.double()
-    gram = images @ images.T
-    eigenvalues, rotation = torch.linalg.eigh(gram)
-    order = torch.argsort(eigenvalues, descending=True)
-    singular_values = eigenvalues[order].clamp(min=0.0).sqrt()
-    ritz_vectors = rotation[:, order].T @ basis.double()
-    return singular_values, ritz_vectors
-
-
 def _check_finite(tensor: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(tensor).all()):
         raise PowersteerError(
