@@ -38,7 +38,7 @@ or from their modules.
 """
 
 # Importing a family module registers its scorers.
-from harness.evaluation.scorers import choice, python, refusal, text  # noqa: F401
+from harness.evaluation.scorers import choice, compliance, python, refusal, text  # noqa: F401
 from harness.evaluation.scorers.outputs import (
     ScorerOutputError,
     checked_result,
