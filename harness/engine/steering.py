@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -13,6 +14,9 @@ from harness.engine.models import LanguageModel
 from harness.engine.prompts import PromptBatch
 from harness.engine.sites import Site, site_module, site_output, with_site_output
 from harness.errors import PowersteerError
+
+# Set inside :func:`without_steering`: every steering hook then leaves its output alone.
+_STEERING_PAUSED: ContextVar[bool] = ContextVar("steering_paused", default=False)
 
 
 @contextmanager
@@ -68,6 +72,17 @@ def add_to_residual(
         yield
 
 
+@contextmanager
+def without_steering() -> Iterator[None]:
+    """Forward passes inside run unsteered although steering hooks are installed: what a
+    scorer comparing with the unsteered model (``kl_from_unsteered``) needs mid-sweep."""
+    token = _STEERING_PAUSED.set(True)
+    try:
+        yield
+    finally:
+        _STEERING_PAUSED.reset(token)
+
+
 def _adding_hook(
     delta: torch.Tensor, from_position: int, block_kwargs: dict | None
 ) -> Callable[..., object]:
@@ -76,6 +91,8 @@ def _adding_hook(
     was called with (sub-layers are not all handed ``position_ids``)."""
 
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: object) -> object:
+        if _STEERING_PAUSED.get():
+            return None  # a forward hook returning None keeps the output unchanged
         hidden = site_output(output)
         if delta.shape[0] not in (1, hidden.shape[0]):
             raise PowersteerError(

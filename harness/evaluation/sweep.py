@@ -41,11 +41,11 @@ from harness.evaluation.coherence import mark_coherent
 from harness.evaluation.preparation import PreparedBehavior, prepare_behavior
 from harness.evaluation.scorers import (
     GenerationScorer,
-    LogitsScorer,
     Scorer,
     checked_score,
     score_completion,
 )
+from harness.evaluation.scorers.paired import RAW, PairedScorer, logits_part, pair_with_unsteered
 
 
 @dataclass
@@ -123,6 +123,9 @@ def score_generations(
 ) -> None:
     """(Re)compute ``success`` and ``score`` of saved generations with a generation scorer;
     an output its metric cannot use is an error naming ``source`` (the behavior file)."""
+    if isinstance(scorer, PairedScorer) and scorer.base is None:
+        pair_with_unsteered(scorer, results)
+        return
     if not isinstance(scorer, GenerationScorer):
         raise PowersteerError(
             f"scorer {scorer.name!r} reads the model's logits, not saved generations; "
@@ -219,7 +222,7 @@ class _CellRunner:
     def key(self, cell: Cell, prompts: list[str]) -> str:
         logits_spec = (
             self.prepared.behavior.scorer.as_dict()
-            if isinstance(self.scorer, LogitsScorer)
+            if logits_part(self.scorer) is not None
             else None
         )
         return content_key(
@@ -283,10 +286,11 @@ class _CellRunner:
         )
         loglik = self._loglik(all_prompts, completions.token_ids)
         logit_scores: list[float] | None = None
-        if isinstance(self.scorer, LogitsScorer):
+        logits_scorer = logits_part(self.scorer)
+        if logits_scorer is not None:
             rows = [self.prepared.rows[i] for i in self.prepared.indices(split)] * len(batch)
             with steer(self.lm, vectors.to(self.lm.dtype), self.prepared.source, scales):
-                logit_scores = self.scorer.score(self.lm, all_prompts, rows)
+                logit_scores = logits_scorer.score(self.lm, all_prompts, rows)
         for j in range(len(batch)):
             part = slice(j * n, (j + 1) * n)
             yield {
@@ -323,11 +327,13 @@ class _CellRunner:
                         source=source,
                     )
                     success, score = outcome.success, outcome.value
-                else:
+                elif logits_part(self.scorer) is not None:
                     score = checked_score(
                         self.scorer, payload["logit_scores"][j], prompt_index=index, source=source
                     )
                     success = None
+                else:  # a paired scorer comparing completions: set by pairing below
+                    success, score = None, float("nan")
                 records.append(
                     {
                         "behavior": self.prepared.behavior.name,
@@ -346,4 +352,9 @@ class _CellRunner:
                         "repetition": payload["repetition"][j],
                     }
                 )
-        return pd.DataFrame.from_records(records)
+        frame = pd.DataFrame.from_records(records)
+        if isinstance(self.scorer, PairedScorer):
+            if self.scorer.base is not None:
+                frame[RAW] = frame["score"]
+            pair_with_unsteered(self.scorer, frame)
+        return frame

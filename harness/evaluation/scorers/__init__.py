@@ -29,8 +29,10 @@ What a scorer returns is checked where outcomes are recorded
 finite number for a score scorer, else one error naming the scorer and the prompt.
 
 The registry lives in :mod:`~harness.evaluation.scorers.registry`; each family of scorers
-is one module that registers itself on import (``refusal``, ``text``, ``choice``,
-``python``, which finds its source with ``user_source``), and this package imports them
+is one module that registers itself on import (``refusal``, ``compliance``, ``text``,
+``choice``, ``paired`` -- ``flip``, ``shift`` and ``kl_from_unsteered``, which compare with
+the unsteered output of the same prompt -- and ``python``, which finds its source with
+``user_source``), and this package imports them
 all, so :data:`SCORERS` is complete once
 ``harness.evaluation.scorers`` is imported. A new family is one new module plus one
 import line here. The factories are reached through the registry (:func:`build_scorer`)
@@ -38,7 +40,14 @@ or from their modules.
 """
 
 # Importing a family module registers its scorers.
-from harness.evaluation.scorers import choice, compliance, python, refusal, text  # noqa: F401
+from harness.evaluation.scorers import (  # noqa: F401
+    choice,
+    compliance,
+    paired,
+    python,
+    refusal,
+    text,
+)
 from harness.evaluation.scorers.outputs import (
     ScorerOutputError,
     checked_result,
