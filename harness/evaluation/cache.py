@@ -109,6 +109,12 @@ def _cell_shape_problem(payload: dict[str, Any], n_prompts: int) -> str | None:
             continue
         if not isinstance(value, list) or len(value) != n_prompts:
             return f"{name} is not a list of {n_prompts} entries"
+    extra_raw = payload.get("extra_raw", {})  # extra scorers' logits values, by name
+    if not isinstance(extra_raw, dict) or any(
+        not isinstance(v, list) or len(v) != n_prompts or not all(map(_is_number, v))
+        for v in extra_raw.values()
+    ):
+        return f"extra_raw does not hold lists of {n_prompts} numbers"
     if not all(isinstance(text, str) for text in payload["completions"]):
         return "a completion is not text"
     numbers = [*payload["loglik"], *payload["repetition"], *(payload["logit_scores"] or [])]

@@ -30,6 +30,7 @@ from harness.evaluation.behaviors import (
     check_scorer_fits,
 )
 from harness.evaluation.preparation import PreparedBehavior, prepare_behavior
+from harness.evaluation.scoring import check_extra_names
 
 
 def check_behavior_for_model(lm: LanguageModel, behavior: Behavior) -> PreparedBehavior:
@@ -55,7 +56,11 @@ def check_before_run(lm: LanguageModel, behaviors: Sequence[Behavior]) -> None:
         prepared = check_behavior_for_model(lm, behavior)
         try:
             scorer = behavior.make_scorer()
+            extras = behavior.make_extra_scorers()
+            check_extra_names(extras)
         except PowersteerError as error:
             raise PowersteerError(f"{behavior.path or behavior.name}: {error}") from None
         check_scorer_fits(behavior, scorer)
         check_row_fields(behavior, prepared.rows, scorer.row_fields)
+        for extra in extras:
+            check_row_fields(behavior, prepared.rows, extra.row_fields)

@@ -48,6 +48,7 @@ from harness.evaluation.run_dir import (
     read_capability,
     read_run,
 )
+from harness.evaluation.scoring import extra_table
 from harness.files import atomic_write_text
 
 EXAMPLES_PER_METHOD = 3
@@ -298,6 +299,10 @@ def _behavior_blocks(
         weak = underpowered_text(behavior_tests)
         if weak:
             blocks.append(Block("text", weak))
+    extras = extra_table(rows)
+    if not extras.empty:
+        blocks.append(Block("heading", "Extra scorers at selected cells (test prompts)", 3))
+        blocks.append(Block("table", extras))
     blocks.extend(_geometry_blocks(behavior, vectors, vector_metadata))
     blocks.append(Block("heading", "Example generations at selected scales", 3))
     test = rows[rows.split == "test"]

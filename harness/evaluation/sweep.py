@@ -46,6 +46,7 @@ from harness.evaluation.scorers import (
     score_completion,
 )
 from harness.evaluation.scorers.paired import RAW, PairedScorer, logits_part, pair_with_unsteered
+from harness.evaluation.scoring import add_extra_scores, logits_extras, raw_column
 
 
 @dataclass
@@ -82,6 +83,7 @@ def sweep_behavior(
         for method in behavior.steering.methods
     }
     runner = _CellRunner(lm, prepared, scorer, cache, fingerprint, vectors, scale_unit, batch_rows)
+    runner.extras = behavior.make_extra_scorers()
     scales = [s for s in behavior.steering.scales if s != 0]
     select_cells_list = [UNSTEERED_CELL] + [
         Cell(method, index, sign, scale)
@@ -203,6 +205,7 @@ class _CellRunner:
         self.fingerprint, self.vectors, self.scale_unit = fingerprint, vectors, scale_unit
         self.batch_rows = batch_rows
         self.computed = self.reused = 0
+        self.extras: list[Scorer] = []  # the behavior's extra_scorers, scored on every row
         # (prompt, completion ids) -> unsteered log-likelihood. Many cells (small scales,
         # random directions) reproduce the unsteered completion; scoring it once is exact.
         self.loglik_memo: dict[tuple[str, tuple[int, ...]], float] = {}
@@ -225,7 +228,14 @@ class _CellRunner:
             if logits_part(self.scorer) is not None
             else None
         )
+        # Only when there are any, so cells cached before extra scorers existed stay valid.
+        extra = [
+            spec.as_dict()
+            for spec, built in zip(self.prepared.behavior.extra_scorers, self.extras, strict=True)
+            if logits_part(built) is not None
+        ]
         return content_key(
+            **({"extra_logits_scorers": extra} if extra else {}),
             kind="cell",
             model=self.fingerprint,
             prompts=prompts,
@@ -291,6 +301,11 @@ class _CellRunner:
             rows = [self.prepared.rows[i] for i in self.prepared.indices(split)] * len(batch)
             with steer(self.lm, vectors.to(self.lm.dtype), self.prepared.source, scales):
                 logit_scores = logits_scorer.score(self.lm, all_prompts, rows)
+        extra_raw: dict[str, list[float]] = {}
+        for name, extra in logits_extras(self.extras):
+            rows = [self.prepared.rows[i] for i in self.prepared.indices(split)] * len(batch)
+            with steer(self.lm, vectors.to(self.lm.dtype), self.prepared.source, scales):
+                extra_raw[name] = extra.score(self.lm, all_prompts, rows)
         for j in range(len(batch)):
             part = slice(j * n, (j + 1) * n)
             yield {
@@ -298,6 +313,7 @@ class _CellRunner:
                 "loglik": loglik[part],
                 "repetition": [repetition_rate(ids) for ids in completions.token_ids[part]],
                 "logit_scores": logit_scores[part] if logit_scores is not None else None,
+                **({"extra_raw": {k: v[part] for k, v in extra_raw.items()}} if extra_raw else {}),
             }
 
     def _loglik(self, prompts: list[str], token_ids: list[list[int]]) -> list[float]:
@@ -350,6 +366,10 @@ class _CellRunner:
                         "score": score,
                         "loglik": payload["loglik"][j],
                         "repetition": payload["repetition"][j],
+                        **{
+                            raw_column(name): payload["extra_raw"][name][j]
+                            for name, _ in logits_extras(self.extras)
+                        },
                     }
                 )
         frame = pd.DataFrame.from_records(records)
@@ -357,4 +377,5 @@ class _CellRunner:
             if self.scorer.base is not None:
                 frame[RAW] = frame["score"]
             pair_with_unsteered(self.scorer, frame)
+        add_extra_scores(self.extras, frame, self.prepared.rows, source=source)
         return frame

@@ -39,11 +39,13 @@ def load_behavior(path: str | os.PathLike[str], *, check_data: bool = True) -> B
         raise PowersteerError(f"{path}: {format_validation_error(error)}") from None
     try:
         shape = behavior.check_scorer()
+        extras = behavior.check_extra_scorers()
     except PowersteerError as error:
         raise PowersteerError(f"{path}: {error}") from None
     check_scorer_fits(behavior, shape)
     if check_data:
-        _check_prompt_files(behavior, shape.row_fields, path)
+        fields = [*shape.row_fields, *(f for extra in extras for f in extra.row_fields)]
+        _check_prompt_files(behavior, tuple(dict.fromkeys(fields)), path)
     return behavior
 
 

@@ -21,6 +21,9 @@ anywhere is an error)::
     scorer:
       type: refusal                   # a registered scorer (harness.evaluation.scorers.SCORERS)
       success: not_refused            # ... and that scorer's options
+    extra_scorers:                    # optional: more scorers computed on every cell, in
+      - {type: compliance}            # columns {type}_success and {type}_score (report:
+                                      # "Extra scorers at selected cells")
     generation: {max_new_tokens: 64, temperature: 0}
     steering:
       methods: [power, melbo, random] # from power, melbo, random, caa (caa needs contrast)
@@ -278,6 +281,7 @@ class Behavior(_Section):
     prompts: PromptSource
     contrast: PromptSource | None = None
     scorer: ScorerSpec
+    extra_scorers: list[ScorerSpec] = Field(default_factory=list)
     generation: Generation = Field(default_factory=Generation)
     steering: Steering = Field(default_factory=Steering)
     coherence: Coherence = Field(default_factory=Coherence)
@@ -347,6 +351,20 @@ class Behavior(_Section):
     def check_scorer(self) -> ScorerShape:
         """The scorer checked without running user code (what ``validate`` does)."""
         return check_scorer(self.scorer.as_dict(), base_dir=self.base_dir)
+
+    def make_extra_scorers(self) -> list[Scorer]:
+        """The built ``extra_scorers:`` (run time, like :meth:`make_scorer`)."""
+        return [
+            build_scorer(spec.as_dict(), where=f"extra_scorers[{i}]", base_dir=self.base_dir)
+            for i, spec in enumerate(self.extra_scorers)
+        ]
+
+    def check_extra_scorers(self) -> list[ScorerShape]:
+        """The ``extra_scorers:`` checked without running user code."""
+        return [
+            check_scorer(spec.as_dict(), where=f"extra_scorers[{i}]", base_dir=self.base_dir)
+            for i, spec in enumerate(self.extra_scorers)
+        ]
 
     def prompt_rows(self) -> list[dict[str, Any]]:
         return load_prompt_rows(self.prompts, self.base_dir, where="prompts", source=self._path)

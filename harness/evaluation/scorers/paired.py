@@ -68,7 +68,22 @@ def pair_with_unsteered(scorer: PairedScorer, results: pd.DataFrame) -> None:
     """Set ``success`` and ``score`` of every row of ``results`` by comparing it with the
     unsteered row of the same ``split`` and ``prompt_index`` (which ``results`` must hold).
     The compared column is ``raw`` (the base logits score) or ``completion``."""
-    column = RAW if scorer.base is not None else "completion"
+    success, value = paired_outcomes(scorer, results, RAW)
+    results["success"] = None if success is None else success
+    results["score"] = value
+
+
+def paired_outcomes(
+    scorer: PairedScorer, results: pd.DataFrame, raw_column: str
+) -> tuple[list[bool] | None, np.ndarray]:
+    """Each row's ``(success or None, value)`` against the unsteered row of its prompt and
+    split; the compared column is ``raw_column`` (base logits scores) or ``completion``."""
+    column = raw_column if scorer.base is not None else "completion"
+    if column not in results:
+        raise PowersteerError(
+            f"scorer {scorer.name!r} compares column {column!r}, which these results lack; "
+            "run `powersteer run` with it (cached generations are reused)"
+        )
     keys = ["split", "prompt_index"]
     reference = results.loc[results["method"] == UNSTEERED, [*keys, column]]
     if reference.duplicated(keys).any():
@@ -76,15 +91,17 @@ def pair_with_unsteered(scorer: PairedScorer, results: pd.DataFrame) -> None:
     joined = results[keys].merge(
         reference.rename(columns={column: "unsteered"}), on=keys, how="left"
     )
-    if joined["unsteered"].isna().any():
+    if len(joined) != len(results) or joined["unsteered"].isna().any():
         raise PowersteerError(
             f"scorer {scorer.name!r} compares with the unsteered output of each prompt, "
             "but some prompts have none in these results; score a sweep that ran unsteered"
         )
     steered = results[column].reset_index(drop=True)
     success, value = scorer.compare(steered, joined["unsteered"].reset_index(drop=True))
-    results["success"] = None if success is None else list(success)
-    results["score"] = np.asarray(value, dtype=float)
+    return (
+        None if success is None else [bool(x) for x in success],
+        np.asarray(value, dtype=float),
+    )
 
 
 def _logits_base(
