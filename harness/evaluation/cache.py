@@ -63,6 +63,21 @@ class ResultCache:
             path, {"sha256": payload_sha256(payload), "payload": payload}, indent=None
         )
 
+    def get_judgement(self, key: str) -> str | None:
+        """A judge's raw verdict stored under ``key`` (None when there is none)."""
+        path = self._path("judgements", key, ".json")
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None  # absent or torn: judged again, which is exact (greedy decoding)
+        verdict = stored.get("verdict") if isinstance(stored, dict) else None
+        return verdict if isinstance(verdict, str) else None
+
+    def put_judgement(self, key: str, verdict: str) -> None:
+        path = self._path("judgements", key, ".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"verdict": verdict}, indent=None)
+
     def get_vectors(self, key: str) -> SteeringVectors | None:
         """The vectors stored under ``key``; None when there are none or the file fails its
         checks (checksum, finite unit rows), then with a warning."""

@@ -48,7 +48,7 @@ from harness.evaluation.run_dir import (
     read_capability,
     read_run,
 )
-from harness.evaluation.scoring import extra_table
+from harness.evaluation.scoring import agreement_table, extra_table
 from harness.files import atomic_write_text
 
 EXAMPLES_PER_METHOD = 3
@@ -303,6 +303,10 @@ def _behavior_blocks(
     if not extras.empty:
         blocks.append(Block("heading", "Extra scorers at selected cells (test prompts)", 3))
         blocks.append(Block("table", extras))
+    agreement = agreement_table(rows)
+    if not agreement.empty:
+        blocks.append(Block("heading", "Judge agreement with rule scorers (all rows)", 3))
+        blocks.append(Block("table", agreement))
     blocks.extend(_geometry_blocks(behavior, vectors, vector_metadata))
     blocks.append(Block("heading", "Example generations at selected scales", 3))
     test = rows[rows.split == "test"]

@@ -10,6 +10,7 @@ cache stores with the cell and from which a paired scorer's comparison is made.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,8 +21,9 @@ from harness.errors import PowersteerError
 from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.report_tables import format_interval, format_number
 from harness.evaluation.scorers import GenerationScorer, LogitsScorer, Scorer, score_completion
+from harness.evaluation.scorers.judge import JudgeScorer
 from harness.evaluation.scorers.paired import PairedScorer, logits_part, paired_outcomes
-from harness.evaluation.stats import paired_bootstrap, wilson_interval
+from harness.evaluation.stats import clustered_kappa_interval, paired_bootstrap, wilson_interval
 
 
 def raw_column(name: str) -> str:
@@ -82,6 +84,29 @@ def add_extra_scores(
             raise TypeError(f"unknown scorer {extra!r}")
         results[success_column] = success
         results[score_column] = score
+        add_judge_records(extra, results, rows)
+
+
+def add_judge_records(
+    scorer: object, results: pd.DataFrame, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """For a judge: ``judge_prompt``, ``judge_verdict`` and ``judge_outcome`` (success,
+    failure or unparsed) of every row, from the verdicts it has already given."""
+    if not isinstance(scorer, JudgeScorer) or scorer.judge is None:
+        return
+    records = [
+        scorer.judge.record(str(text), rows[int(i)])
+        for text, i in zip(results["completion"], results["prompt_index"], strict=True)
+    ]
+    for part in ("prompt", "verdict", "outcome"):
+        results[f"judge_{part}"] = [record[part] for record in records]
+
+
+def attach_cache(scorers: Sequence[object], cache: object) -> None:
+    """Let each judge among ``scorers`` keep its verdicts in ``cache`` (the run's)."""
+    for scorer in scorers:
+        if isinstance(scorer, JudgeScorer) and scorer.judge is not None:
+            scorer.judge.store = cache
 
 
 def check_extra_names(extras: Sequence[Scorer | PairedScorer | Any]) -> None:
@@ -132,4 +157,44 @@ def extra_table(rows: pd.DataFrame) -> pd.DataFrame:
                 mean, low, high, _ = paired_bootstrap(values, np.zeros_like(values))
                 record[f"{name} mean [95% CI]"] = format_interval(mean, low, high)
         records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def agreement_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """How often a judge agrees with each rule scorer of one behavior, over every row.
+
+    One row per rule scorer (the behavior's own when it is not the judge, and each extra
+    success scorer): rows compared, the fraction where both say the same, Cohen's kappa
+    with a 95% bootstrap interval clustered by prompt (a prompt's rows at many cells are
+    not independent), and the judge's unparsed verdicts (counted as "not success").
+    Empty without a judge or a rule scorer.
+    """
+    if "judge_outcome" not in rows or rows["judge_outcome"].isna().all():
+        return pd.DataFrame()  # (another behavior of the run has a judge; this one none)
+    as_extra = "judge_success" in rows and rows["judge_success"].notna().any()
+    judge_column = "judge_success" if as_extra else "success"
+    rules = [f"{n}_success" for n in extra_names(rows) if n != "judge"]
+    if judge_column != "success" and (rows["metric"] == "success").all():
+        rules.insert(0, "success")
+    records = []
+    for column in rules:
+        known = rows[rows[column].notna() & rows[judge_column].notna()]
+        if known.empty:
+            continue
+        judged = known[judge_column].astype(bool).to_numpy()
+        ruled = known[column].astype(bool).to_numpy()
+        clusters = (known["split"] + ":" + known["prompt_index"].astype(str)).to_numpy()
+        kappa, low, high = clustered_kappa_interval(judged, ruled, clusters)
+        name = "behavior scorer" if column == "success" else column.removesuffix("_success")
+        records.append(
+            {
+                "rule scorer": name,
+                "n": len(known),
+                "agreement": f"{float(np.mean(judged == ruled)):.3f}",
+                "Cohen's κ [95% CI]": "undefined (one label)"
+                if math.isnan(kappa)
+                else format_interval(kappa, low, high),
+                "judge unparsed": int((known["judge_outcome"] == "unparsed").sum()),
+            }
+        )
     return pd.DataFrame.from_records(records)

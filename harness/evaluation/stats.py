@@ -161,6 +161,58 @@ def bootstrap_minimum_detectable_difference(
     return z_sum * float(np.std(diffs, ddof=1)) / math.sqrt(diffs.size)
 
 
+def cohen_kappa(a: Sequence[object], b: Sequence[object]) -> float:
+    """Cohen's kappa of two raters' labels of the same items: ``(p_o - p_e) / (1 - p_e)``,
+    with ``p_o`` the observed agreement and ``p_e`` the agreement expected from each
+    rater's label frequencies. NaN when ``p_e = 1`` (both give one label to every item)."""
+    first, second = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    if first.shape != second.shape or first.ndim != 1 or first.size == 0:
+        raise PowersteerError("cohen_kappa needs two equally long, non-empty 1-D label lists")
+    observed = float(np.mean(first == second))
+    labels = set(first.tolist()) | set(second.tolist())
+    expected = sum(float(np.mean(first == x)) * float(np.mean(second == x)) for x in labels)
+    if expected >= 1.0:
+        return math.nan
+    return (observed - expected) / (1.0 - expected)
+
+
+def clustered_kappa_interval(
+    a: Sequence[object],
+    b: Sequence[object],
+    clusters: Sequence[object],
+    n_resamples: int = 2_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """Cohen's kappa and a percentile bootstrap interval that resamples whole clusters.
+
+    The rows of one prompt (its outputs at many cells) are not independent, so prompts --
+    ``clusters`` -- are drawn with replacement and all their rows kept together. Returns
+    ``(kappa, low, high)``; resamples where kappa is undefined are left out (NaN bounds
+    when all are).
+    """
+    first, second = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    groups = np.asarray(clusters, dtype=object)
+    if not first.shape == second.shape == groups.shape:
+        raise PowersteerError("clustered_kappa_interval needs labels and clusters of one length")
+    _check_level(confidence, "confidence")
+    kappa = cohen_kappa(first, second)
+    names = list(dict.fromkeys(groups.tolist()))
+    members = [np.flatnonzero(groups == name) for name in names]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for chosen in rng.integers(0, len(names), size=(n_resamples, len(names))):
+        rows = np.concatenate([members[i] for i in chosen])
+        value = cohen_kappa(first[rows], second[rows])
+        if not math.isnan(value):
+            draws.append(value)
+    if not draws:
+        return kappa, math.nan, math.nan
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1.0 - tail])
+    return kappa, float(low), float(high)
+
+
 def _fewest_discordant_to_reject(alpha: float) -> int:
     # The smallest D with min(1, 2 · 0.5^D) <= alpha, counted rather than taken from a
     # logarithm so a level that is exactly a power of two is not lost to rounding.

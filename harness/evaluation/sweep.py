@@ -46,7 +46,13 @@ from harness.evaluation.scorers import (
     score_completion,
 )
 from harness.evaluation.scorers.paired import RAW, PairedScorer, logits_part, pair_with_unsteered
-from harness.evaluation.scoring import add_extra_scores, logits_extras, raw_column
+from harness.evaluation.scoring import (
+    add_extra_scores,
+    add_judge_records,
+    attach_cache,
+    logits_extras,
+    raw_column,
+)
 
 
 @dataclass
@@ -84,6 +90,7 @@ def sweep_behavior(
     }
     runner = _CellRunner(lm, prepared, scorer, cache, fingerprint, vectors, scale_unit, batch_rows)
     runner.extras = behavior.make_extra_scorers()
+    attach_cache([scorer, *runner.extras], cache)
     scales = [s for s in behavior.steering.scales if s != 0]
     select_cells_list = [UNSTEERED_CELL] + [
         Cell(method, index, sign, scale)
@@ -141,6 +148,7 @@ def score_generations(
     ]
     results["success"] = [o.success for o in outcomes]
     results["score"] = [o.value for o in outcomes]
+    add_judge_records(scorer, results, rows)
 
 
 def _method_vectors(
@@ -377,5 +385,6 @@ class _CellRunner:
             if self.scorer.base is not None:
                 frame[RAW] = frame["score"]
             pair_with_unsteered(self.scorer, frame)
+        add_judge_records(self.scorer, frame, self.prepared.rows)
         add_extra_scores(self.extras, frame, self.prepared.rows, source=source)
         return frame

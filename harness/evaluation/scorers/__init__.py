@@ -31,7 +31,8 @@ finite number for a score scorer, else one error naming the scorer and the promp
 The registry lives in :mod:`~harness.evaluation.scorers.registry`; each family of scorers
 is one module that registers itself on import (``refusal``, ``compliance``, ``text``,
 ``choice``, ``paired`` -- ``flip``, ``shift`` and ``kl_from_unsteered``, which compare with
-the unsteered output of the same prompt -- and ``python``, which finds its source with
+the unsteered output of the same prompt -- ``judge``, a model-graded verdict, and
+``python``, which finds its source with
 ``user_source``), and this package imports them
 all, so :data:`SCORERS` is complete once
 ``harness.evaluation.scorers`` is imported. A new family is one new module plus one
@@ -43,6 +44,7 @@ or from their modules.
 from harness.evaluation.scorers import (  # noqa: F401
     choice,
     compliance,
+    judge,
     paired,
     python,
     refusal,
