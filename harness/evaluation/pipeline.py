@@ -48,7 +48,7 @@ from harness.evaluation.run_dir import (
     write_manifest,
     write_results,
 )
-from harness.evaluation.scoring import add_extra_scores
+from harness.evaluation.scoring import add_extra_scores, attach_cache
 from harness.evaluation.sweep import BehaviorSweep, score_generations, sweep_behavior
 from harness.files import directory_lock
 
@@ -182,10 +182,10 @@ def _rescore(run_dir: Path, behavior: Behavior, behavior_file: Path) -> Path:
         )
     part = results[mine].copy()
     scorer = behavior.make_scorer()
+    extras = behavior.make_extra_scorers()
+    attach_cache([scorer, *extras], ResultCache(run_dir / CACHE_DIR))  # the run's judgements
     score_generations(scorer, part, behavior.prompt_rows(), source=behavior_file)
-    add_extra_scores(
-        behavior.make_extra_scorers(), part, behavior.prompt_rows(), source=behavior_file
-    )
+    add_extra_scores(extras, part, behavior.prompt_rows(), source=behavior_file)
     part["metric"] = scorer.metric
     mark_coherent(part, behavior)
     select = part[part["split"] == "select"]
