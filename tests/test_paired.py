@@ -136,3 +136,24 @@ def test_sweep_scores_shift_from_each_prompts_unsteered_row_and_rescore_keeps_wo
         reference = part[part.method == "unsteered"].set_index("prompt_index")["word"]
         expected = part.word.notna() & (part.word != part.prompt_index.map(reference))
         assert (part.success.astype(bool) == expected).all()
+
+
+@pytest.mark.slow
+def test_rescore_pairs_a_logits_base_only_with_the_values_the_run_measured(tmp_path):
+    organism = load_model("organism")
+    base = {"type": "logprob_choice", "options_field": "answers"}
+    out = tmp_path / "out"
+    run([small_forks(tmp_path, base)], model=organism, out=out, progress=False)
+    measured = pd.read_parquet(out / "results.parquet")
+    assert (measured[RAW] == measured.score).all()  # the run keeps its logits values
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    rescore(out, small_forks(changed, {"type": "flip", "base": base}))
+    after = pd.read_parquet(out / "results.parquet")
+    for _split, part in after.groupby("split"):
+        unsteered = part[part.method == "unsteered"].set_index("prompt_index")[RAW]
+        default = part.prompt_index.map(unsteered)
+        assert (part.success.astype(bool) == ((part[RAW] > 0) != (default > 0))).all()
+    other = {"type": "logprob_choice", "options": ["Take", "Open"]}
+    with pytest.raises(PowersteerError, match="did not measure; run `powersteer run`"):
+        rescore(out, small_forks(changed, {"type": "shift", "base": other}))

@@ -48,6 +48,7 @@ from harness.evaluation.run_dir import (
     write_manifest,
     write_results,
 )
+from harness.evaluation.scorers.paired import check_base_values
 from harness.evaluation.scoring import add_extra_scores, attach_cache
 from harness.evaluation.sweep import BehaviorSweep, score_generations, sweep_behavior
 from harness.files import directory_lock
@@ -184,6 +185,8 @@ def _rescore(run_dir: Path, behavior: Behavior, behavior_file: Path) -> Path:
     scorer = behavior.make_scorer()
     extras = behavior.make_extra_scorers()
     attach_cache([scorer, *extras], ResultCache(run_dir / CACHE_DIR))  # the run's judgements
+    measured = manifest.get("behaviors", {}).get(behavior.name, {}).get("config", {})
+    check_base_values(scorer, part, measured.get("scorer"))
     score_generations(scorer, part, behavior.prompt_rows(), source=behavior_file)
     add_extra_scores(extras, part, behavior.prompt_rows(), source=behavior_file)
     part["metric"] = scorer.metric

@@ -132,8 +132,8 @@ def score_generations(
 ) -> None:
     """(Re)compute ``success`` and ``score`` of saved generations with a generation scorer;
     an output its metric cannot use is an error naming ``source`` (the behavior file)."""
-    if isinstance(scorer, PairedScorer) and scorer.base is None:
-        pair_with_unsteered(scorer, results)
+    if isinstance(scorer, PairedScorer) and (scorer.base is None or RAW in results):
+        pair_with_unsteered(scorer, results)  # completions, or base values the run measured
         return
     if not isinstance(scorer, GenerationScorer):
         raise PowersteerError(
@@ -381,9 +381,9 @@ class _CellRunner:
                     }
                 )
         frame = pd.DataFrame.from_records(records)
+        if logits_part(self.scorer) is not None:  # kept: a paired rescore compares these
+            frame[RAW] = frame["score"]
         if isinstance(self.scorer, PairedScorer):
-            if self.scorer.base is not None:
-                frame[RAW] = frame["score"]
             pair_with_unsteered(self.scorer, frame)
         add_judge_records(self.scorer, frame, self.prepared.rows)
         add_extra_scores(self.extras, frame, self.prepared.rows, source=source)

@@ -51,7 +51,8 @@ RAW = "raw"
 class PairedScorer:
     """A scorer whose outcome compares a row with the unsteered row of the same prompt.
 
-    ``base`` is the logits scorer whose value is compared (None: the completions are).
+    ``base`` is the logits scorer whose value is compared (None: the completions are),
+    built from ``base_spec``.
     ``compare(steered, unsteered)`` takes two aligned columns -- the base values, or the
     completions -- and gives ``(success or None, value)`` columns.
     """
@@ -61,6 +62,7 @@ class PairedScorer:
     base: LogitsScorer | None
     compare: Callable[[pd.Series, pd.Series], tuple[pd.Series | None, pd.Series]]
     row_fields: tuple[str, ...] = ()
+    base_spec: dict[str, Any] | None = None
     kind: str = field(default="paired", init=False)
 
 
@@ -162,7 +164,7 @@ def flip(base: dict[str, Any] | None = None, pattern: str | None = None) -> Pair
         return flipped, flipped.astype(float)
 
     fields = logits.row_fields if logits is not None else ()
-    return PairedScorer("flip", "success", logits, compare, row_fields=fields)
+    return PairedScorer("flip", "success", logits, compare, row_fields=fields, base_spec=base)
 
 
 @register_scorer("shift", metric="score")
@@ -184,7 +186,9 @@ def shift(base: dict[str, Any] | None = None) -> PairedScorer:
         return None, pd.Series(towards_other)
 
     assert logits is not None
-    return PairedScorer("shift", "score", logits, compare, row_fields=logits.row_fields)
+    return PairedScorer(
+        "shift", "score", logits, compare, row_fields=logits.row_fields, base_spec=base
+    )
 
 
 @register_scorer("kl_from_unsteered", metric="score", kind="logits")
@@ -231,3 +235,21 @@ def logits_part(scorer: object) -> LogitsScorer | None:
     if isinstance(scorer, PairedScorer):
         return scorer.base
     return None
+
+
+def check_base_values(
+    scorer: object, results: pd.DataFrame, measured_spec: Mapping[str, Any] | None
+) -> None:
+    """Before rescoring with a paired scorer over a logits base: the run's ``raw`` column
+    must hold that same base's values -- the run's scorer (``measured_spec``, from the
+    manifest) was the base, or a paired scorer over it. The sweep writes ``raw`` for every
+    logits scorer and a rescore never changes it, so it is what the run measured."""
+    if not isinstance(scorer, PairedScorer) or scorer.base is None:
+        return
+    measured = dict(measured_spec or {})
+    if RAW in results and scorer.base_spec in (measured, measured.get("base")):
+        return
+    raise PowersteerError(
+        f"scorer {scorer.name!r} compares base {scorer.base_spec} scores, which this run "
+        "did not measure; run `powersteer run` with it (cached generations are reused)"
+    )
