@@ -34,6 +34,7 @@ _PUBLIC: dict[str, str] = {
     "register_method": "harness.engine.methods",
     "power_steering": "harness.engine.methods",
     "melbo": "harness.engine.methods",
+    "deep_causal_transcoding": "harness.engine.methods",
     "random_directions": "harness.engine.methods",
     "difference_of_means": "harness.engine.methods",
     "sensitivity_map": "harness.engine.sensitivity",

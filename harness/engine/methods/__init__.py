@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.engine.layers import LayerSpec
 from harness.engine.methods.caa import difference_of_means
+from harness.engine.methods.dct import deep_causal_transcoding
 from harness.engine.methods.melbo import melbo
 from harness.engine.methods.power import power_steering
 from harness.engine.methods.random import random_directions
@@ -38,7 +39,7 @@ def find_vectors(
     seed: int = 0,
     **options: Any,
 ) -> SteeringVectors:
-    """Run the registered ``method`` (``power``, ``melbo``, ``random``, or ``caa`` with
+    """Run the registered ``method`` (``power``, ``melbo``, ``dct``, ``random``, or ``caa`` with
     ``contrast=`` prompts)."""
     return method_info(method).function(
         lm, prompts, source, target, num_vectors, seed=seed, **options
@@ -49,6 +50,7 @@ __all__ = [
     "METHODS",
     "MethodInfo",
     "SteeringVectors",
+    "deep_causal_transcoding",
     "difference_of_means",
     "find_vectors",
     "melbo",
