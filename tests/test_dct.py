@@ -3,15 +3,24 @@ its factors beat random directions on its own objective, and its options are che
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import PROMPTS, exact_jacobian
 
-from harness import PowersteerError, deep_causal_transcoding, find_vectors, power_steering
+from harness import (
+    PowersteerError,
+    deep_causal_transcoding,
+    find_vectors,
+    load_vectors,
+    power_steering,
+)
 from harness.engine.linalg import largest_principal_angle
 from harness.engine.methods import method_info
 from harness.engine.methods.dct import ChangeMap
 from harness.engine.prompts import encode_prompts
+from harness.integrations.cli import main
 from harness.testing.pass_counter import count_passes
 
 SOURCE, TARGET = 0, 2
@@ -262,3 +271,22 @@ def test_stops_early_once_the_factors_stop_moving(qwen3_tiny):
         tol=1e-8,
     )  # fmt: skip
     assert capped.converged is False and capped.iterations == 2
+
+
+def test_cli_vectors_runs_dct_with_its_flags(tmp_path, qwen3_tiny, capsys):
+    model_dir = tmp_path / "tiny-qwen3"
+    qwen3_tiny.model.save_pretrained(model_dir)
+    qwen3_tiny.tokenizer.save_pretrained(model_dir)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"text": p}) for p in PROMPTS))
+    out = tmp_path / "v.safetensors"
+    code = main(["vectors", "--model", str(model_dir), "--prompts", str(prompts), "--field",
+                 "text", "--source", "0", "--target", "2", "-k", "2", "--method", "dct",
+                 "--calibration", "0.3", "--aggregate", "mean", "--max-iter", "3",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    result, _ = load_vectors(out)
+    assert result.method == "dct" and result.vectors.shape == (2, 32)
+    assert result.options["calibration"] == 0.3 and result.options["aggregate"] == "mean"
+    assert result.iterations <= 3 and result.radius > 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(out)

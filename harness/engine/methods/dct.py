@@ -275,8 +275,9 @@ def _alternate(
     history: list[float] = []
     converged = False
     steps = 0
-    bar = tqdm(range(max_iter), desc="DCT", disable=not progress, leave=False)
-    for steps in range(1, max_iter + 1):
+    bar = tqdm(total=max_iter, desc="DCT", disable=not progress, leave=False)
+    while steps < max_iter:
+        steps += 1
         with autodiff_attention(change.lm), torch.enable_grad():
             thetas = (radius * factors).detach().requires_grad_(True)
             changes = change(thetas)

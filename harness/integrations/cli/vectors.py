@@ -41,6 +41,11 @@ TUNING_FLAGS: dict[str, dict[str, Any]] = {
     "p": {"type": float, "help": "melbo: exponent of each position's change norm (default 2)"},
     "q": {"type": float, "help": "melbo: root of the summed changes (default 1, which with p = 2 "
           "is the MELBO reference's objective; the reference's own default is q = p)"},
+    "calibration": {"type": float, "help": "dct: pick the input scale R at which random "
+                    "directions depart from the linear map by this ratio (default 0.5; "
+                    "--radius sets R instead)"},
+    "aggregate": {"choices": ("stack", "mean"), "help": "dct: output factors over every "
+                  "target position (stack, the default) or the positions' mean"},
 }  # fmt: skip
 DEFAULTED_FLAGS = ("target_tokens", "max_iter", "steps")
 """Method-option flags with a default of their own (always set, so never warned about)."""
@@ -55,7 +60,7 @@ def add_vectors_command(commands: argparse._SubParsersAction) -> None:
         commands,
         "vectors",
         help="compute steering vectors for a layer pair and save them",
-        description="Compute steering vectors (Power Steering, MELBO or random directions) "
+        description="Compute steering vectors (Power Steering, MELBO, DCT or random directions) "
         "for one (source, target) layer pair and save them as safetensors with metadata.",
         examples=[
             "powersteer vectors --prompts prompts.txt --source 0.25 "
@@ -81,7 +86,8 @@ def add_vectors_command(commands: argparse._SubParsersAction) -> None:
         "--radius",
         type=float,
         default=None,
-        help="melbo: vector norm (default: median residual norm at source)",
+        help="melbo: vector norm (default: median residual norm at source); dct: input scale "
+        "(default: calibrated)",
     )
     for name, settings in TUNING_FLAGS.items():
         vectors.add_argument(f"--{name}", default=None, **settings)
