@@ -21,6 +21,7 @@ description: What steering should change in the model's answers.
 prompts:
   path: data/{name}.jsonl        # .jsonl/.json/.csv/.txt, relative to this file
   # hf: OWNER/DATASET            # ... or a Hugging Face dataset
+  # dataset: harmbench           # ... or a catalogue dataset, with split: and category:
   # split: train
   field: prompt                  # the row field holding the prompt
   chat_template: auto            # auto | true | false

@@ -8,8 +8,11 @@ anywhere is an error)::
     prompts:                          # the prompts to steer
       path: data/requests.jsonl       # .jsonl, .json, .csv or .txt, relative to this file
       # hf: walledai/AdvBench         # ... or a Hugging Face dataset
-      # split: train                  # hf only (default train)
+      # dataset: harmbench            # ... or a catalogue dataset (powersteer datasets list)
+      # split: train                  # hf (default train) or dataset (harmbench: val, test)
       # config: default               # hf only, optional
+      # category: standard            # dataset only: a value or a list (harmbench:
+                                      # standard, contextual, copyright)
       field: prompt                   # the row field holding the prompt text (default prompt)
       chat_template: auto             # auto: use the model's chat template if it has one;
                                       # true: require one; false: plain text

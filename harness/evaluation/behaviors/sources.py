@@ -1,5 +1,5 @@
 """Prompt sources: a behavior's ``prompts:`` and ``contrast:`` sections, and reading their
-rows from a file beside the YAML or from a Hugging Face dataset."""
+rows from a file beside the YAML, a Hugging Face dataset or a catalogue dataset."""
 
 from __future__ import annotations
 
@@ -27,12 +27,15 @@ ChatTemplate = Annotated[bool | Literal["auto"], BeforeValidator(_check_chat_tem
 
 
 class PromptSource(BaseModel):
-    """Where prompts come from: a file beside the YAML or a Hugging Face dataset."""
+    """Where prompts come from: a file beside the YAML, a Hugging Face dataset, or a
+    catalogue dataset (``dataset: harmbench`` with ``split:`` and ``category:``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None
     hf: str | None = None
+    dataset: str | None = None
+    category: str | list[str] | None = None
     split: str | None = None
     config: str | None = None
     field: str = "prompt"
@@ -42,11 +45,15 @@ class PromptSource(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSource:
-        if (self.path is None) == (self.hf is None):
+        if [self.path, self.hf, self.dataset].count(None) != 2:
             raise ValueError(
-                "give exactly one of path and hf; write path: data/FILE.jsonl "
-                "(relative to the behavior file) or hf: OWNER/DATASET"
+                "give exactly one of path, hf and dataset; write path: data/FILE.jsonl "
+                "(relative to the behavior file), hf: OWNER/DATASET or dataset: harmbench"
             )
+        if self.dataset is not None:
+            _check_catalogue_dataset(self)
+        elif self.category is not None:
+            raise ValueError("category filters a catalogue dataset; remove it or use dataset:")
         if self.path is not None and (self.split is not None or self.config is not None):
             raise ValueError(
                 "split and config belong to an hf dataset, not a file; remove them or use hf:"
@@ -62,6 +69,23 @@ class PromptSource(BaseModel):
                 + ", ".join(PROMPT_SUFFIXES)
             )
         return self
+
+
+def _check_catalogue_dataset(spec: PromptSource) -> None:
+    """A ``dataset:`` source: a known name, no ``config``; its text column by default."""
+    # Imported here: the catalogue pulls in the hub client, needed only by dataset: sources.
+    from harness.engine.catalogue.datasets import DATASETS
+
+    entry = DATASETS.get(spec.dataset or "")
+    if entry is None:
+        raise ValueError(
+            f"dataset {spec.dataset!r} is not in the dataset catalogue; use one of "
+            f"{', '.join(DATASETS)} (see `powersteer datasets list`), or hf: OWNER/DATASET"
+        )
+    if spec.config is not None:
+        raise ValueError("config belongs to an hf dataset; remove it or use split/category")
+    if "field" not in spec.model_fields_set:
+        spec.field = entry.text_field
 
 
 def load_prompt_rows(
@@ -81,7 +105,16 @@ def load_prompt_rows(
     error messages.
     """
     prefix = f"{source}: " if source is not None else ""
-    if spec.hf is not None:
+    if spec.dataset is not None:
+        from harness.engine.catalogue.datasets import load_dataset_rows
+
+        categories = [spec.category] if isinstance(spec.category, str) else spec.category
+        try:
+            rows = load_dataset_rows(spec.dataset, spec.split, categories)
+        except PowersteerError as error:
+            raise PowersteerError(f"{prefix}{where}.dataset: {error}") from None
+        origin = f"dataset {spec.dataset} (split {spec.split or 'default'})"
+    elif spec.hf is not None:
         rows = _hf_rows(spec, f"{prefix}{where}.hf")
         origin = f"dataset {spec.hf} (split {spec.split or 'train'})"
     elif spec.path is not None:
@@ -90,7 +123,7 @@ def load_prompt_rows(
         rows = _file_rows(file, spec.field, f"{prefix}{where}.path")
         origin = str(file)
     else:  # PromptSource's validator requires one of them; a model_construct() may not
-        raise PowersteerError(f"{prefix}{where}: give path: or hf: for the prompts")
+        raise PowersteerError(f"{prefix}{where}: give path:, hf: or dataset: for the prompts")
     if spec.limit is not None:
         rows = rows[: spec.limit]
     if not rows:

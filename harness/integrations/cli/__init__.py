@@ -3,7 +3,8 @@
 One module per command group: :mod:`.run` (run, report, rescore, capability, lm-eval),
 :mod:`.vectors` (vectors, map), :mod:`.import_vectors` (import-vectors), :mod:`.generate`
 (generate), :mod:`.export` (export), :mod:`.behaviors` (validate, new) and :mod:`.models`
-(models list/fetch); the organism's commands come from :mod:`harness.organism.cli`.
+(models list/fetch), :mod:`.datasets` (datasets list/fetch); the organism's commands
+come from :mod:`harness.organism.cli`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from harness.errors import PowersteerError
 from harness.integrations.cli.behaviors import add_behavior_commands
+from harness.integrations.cli.datasets import add_datasets_commands
 from harness.integrations.cli.export import add_export_command
 from harness.integrations.cli.failures import (
     INTERRUPTED_EXIT,
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     if organism_cli is not None:
         organism_cli.add_organism_commands(commands)
     add_models_commands(commands)
+    add_datasets_commands(commands)
     add_behavior_commands(commands)
     return parser
 
