@@ -37,6 +37,7 @@ from harness.evaluation.cache import ResultCache, model_fingerprint
 from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.checks import check_before_run
 from harness.evaluation.coherence import mark_coherent
+from harness.evaluation.executors import Executor
 from harness.evaluation.report import write_report
 from harness.evaluation.run_dir import (
     CACHE_DIR,
@@ -100,13 +101,15 @@ def run(
     batch_rows: int = 512,
     progress: bool = True,
     wait: bool = True,
+    executor: Executor | None = None,
 ) -> RunResult:
     """Sweep each behavior on ``model``, then write results, vectors, manifest and report.
 
     Cells finished before an interruption are read back from ``out/cache``; the directory's
     lock keeps a second run on the same ``out`` waiting (``wait=False``: an error at once)
     until the first is done, and it then reuses the first run's cells. The manifest, which
-    marks the directory complete, is written last.
+    marks the directory complete, is written last. ``executor`` evaluates the cell batches
+    (default this process; see :mod:`harness.evaluation.executors`).
     """
     started = time.perf_counter()
     code_version = _git_commit()  # now: the code may change while a long run goes on
@@ -123,7 +126,15 @@ def run(
         mark_incomplete(run_dir)
         cache = ResultCache(run_dir / CACHE_DIR)
         sweeps = [
-            sweep_behavior(lm, behavior, cache, seed=seed, batch_rows=batch_rows, progress=progress)
+            sweep_behavior(
+                lm,
+                behavior,
+                cache,
+                seed=seed,
+                batch_rows=batch_rows,
+                progress=progress,
+                executor=executor,
+            )
             for behavior in specs
         ]
         results = pd.concat([s.results for s in sweeps], ignore_index=True)

@@ -38,6 +38,7 @@ from harness.evaluation.behaviors import Behavior
 from harness.evaluation.cache import ResultCache, content_key, model_fingerprint, tensor_digest
 from harness.evaluation.cells import UNSTEERED, UNSTEERED_CELL, Cell
 from harness.evaluation.coherence import mark_coherent
+from harness.evaluation.executors import Executor, LocalExecutor
 from harness.evaluation.preparation import PreparedBehavior, prepare_behavior
 from harness.evaluation.scorers import (
     GenerationScorer,
@@ -77,8 +78,10 @@ def sweep_behavior(
     seed: int = 0,
     batch_rows: int = 512,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> BehaviorSweep:
-    """Run both phases of the sweep for ``behavior``; see the module docstring."""
+    """Run both phases of the sweep for ``behavior``; see the module docstring. The
+    ``executor`` evaluates uncached cell batches (default: this process)."""
     prepared = prepare_behavior(lm, behavior)
     scorer = behavior.make_scorer()
     fingerprint = model_fingerprint(lm)
@@ -91,6 +94,7 @@ def sweep_behavior(
     runner = _CellRunner(lm, prepared, scorer, cache, fingerprint, vectors, scale_unit, batch_rows)
     runner.extras = behavior.make_extra_scorers()
     attach_cache([scorer, *runner.extras], cache)
+    runner.executor = executor or LocalExecutor()
     scales = [s for s in behavior.steering.scales if s != 0]
     select_cells_list = [UNSTEERED_CELL] + [
         Cell(method, index, sign, scale)
@@ -214,6 +218,7 @@ class _CellRunner:
         self.batch_rows = batch_rows
         self.computed = self.reused = 0
         self.extras: list[Scorer] = []  # the behavior's extra_scorers, scored on every row
+        self.executor: Executor = LocalExecutor()
         # (prompt, completion ids) -> unsteered log-likelihood. Many cells (small scales,
         # random directions) reproduce the unsteered completion; scoring it once is exact.
         self.loglik_memo: dict[tuple[str, tuple[int, ...]], float] = {}
@@ -277,9 +282,10 @@ class _CellRunner:
             leave=False,
         )
         with bar:
-            for batch in batches:
-                for (cell, key), payload in zip(batch, self._evaluate(batch, split), strict=True):
-                    self.cache.put_cell(key, payload)
+            for batch, batch_payloads in self.executor.evaluate(self, split, batches):
+                for (cell, key), payload in zip(batch, batch_payloads, strict=True):
+                    if not self.executor.writes_cache:
+                        self.cache.put_cell(key, payload)
                     payloads[cell] = payload
                     self.computed += 1
                 bar.update(len(batch))

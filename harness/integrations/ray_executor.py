@@ -1,0 +1,238 @@
+"""Ray as the sweep's executor: actors that each hold the model, fed cell batches.
+
+Each worker is a Ray actor that loads the model once by name or path (:class:`ModelSpec`,
+never weights through the object store), checks it has the driver's fingerprint, and
+evaluates the batches the driver sends it with the same code as the local path
+(``_CellRunner._evaluate``). On a GPU an actor asks for ``gpus_per_worker`` (1 by default;
+0.5 puts two actors on one card), on the CPU for ``threads_per_worker`` cores.
+
+Fault tolerance comes from Ray and the cache together: an actor that dies with its process
+is restarted (``max_restarts``) and its unfinished batches retried (``max_task_retries``);
+a driver that dies is restarted by hand and reuses every batch already in the cache.
+
+Cache modes: ``driver`` (default) — workers return payloads and the driver writes them, so
+the run directory need not be visible to the workers; ``shared`` — workers write the cells
+into the run's cache themselves (a path every node sees), the driver only reads.
+
+Ray is imported only when a Ray executor is made: the package works without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.errors import PowersteerError
+from harness.evaluation.cache import ResultCache, content_key, model_fingerprint, tensor_digest
+from harness.evaluation.executors import Batch, Executor, LocalExecutor, ModelSpec
+from harness.evaluation.sweep import _CellRunner
+
+CACHE_MODES = ("driver", "shared")
+MAX_RESTARTS = 3  # per actor: a worker killed more often than this fails the run
+
+
+def make_executor(
+    spec: str = "local",
+    *,
+    model: ModelSpec | None = None,
+    workers: int = 2,
+    cache: str = "driver",
+    gpus_per_worker: float | None = None,
+    threads_per_worker: int = 1,
+) -> Executor:
+    """``local`` or ``ray[:ADDRESS]`` (``ray`` alone: the cluster in ``RAY_ADDRESS``, else a
+    new local one; ``ray:auto``: the running cluster of this node; ``ray:HOST:PORT``)."""
+    if spec == "local":
+        return LocalExecutor()
+    kind, _, address = spec.partition(":")
+    if kind != "ray":
+        raise PowersteerError(
+            f"--executor {spec!r}: unknown executor; use local, ray or ray:ADDRESS"
+        )
+    if model is None:
+        raise PowersteerError("the ray executor needs the model's ModelSpec (name or path)")
+    return RayExecutor(
+        model,
+        address=address or None,
+        workers=workers,
+        cache=cache,
+        gpus_per_worker=gpus_per_worker,
+        threads_per_worker=threads_per_worker,
+    )
+
+
+class RayExecutor:
+    """Evaluates batches on ``workers`` Ray actors; see the module docstring."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        *,
+        address: str | None = None,
+        workers: int = 2,
+        cache: str = "driver",
+        gpus_per_worker: float | None = None,
+        threads_per_worker: int = 1,
+    ) -> None:
+        if cache not in CACHE_MODES:
+            raise PowersteerError(f"--cache {cache!r}: use one of {', '.join(CACHE_MODES)}")
+        if workers < 1:
+            raise PowersteerError(f"--workers {workers}: give at least 1")
+        self.model, self.address, self.workers = model, address, workers
+        self.cache_mode = cache
+        self.writes_cache = cache == "shared"
+        on_gpu = model.device.startswith("cuda")
+        self.gpus_per_worker = (1.0 if on_gpu else 0.0) if gpus_per_worker is None else gpus_per_worker
+        self.threads_per_worker = threads_per_worker
+        self._actors: list[Any] = []
+        self._fingerprint: str | None = None
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the live actors (empty before the first batch)."""
+        ray = _ray()
+        return ray.get([actor.pid.remote() for actor in self._actors])
+
+    def evaluate(
+        self, runner: _CellRunner, split: str, batches: Sequence[Batch]
+    ) -> Iterator[tuple[Batch, list[dict[str, Any]]]]:
+        if not batches:
+            return
+        ray = _ray()
+        self._start(runner.fingerprint)
+        shared_root = str(Path(runner.cache.root).resolve()) if self.writes_cache else None
+        job = (
+            runner.prepared.behavior,
+            runner.vectors,
+            runner.scale_unit,
+            runner.batch_rows,
+            runner.fingerprint,
+        )
+        job_ref = ray.put(job)  # vectors are small; the model never travels
+        pending = list(range(len(batches)))[::-1]
+        in_flight: dict[Any, tuple[int, Any]] = {}  # result ref -> (batch index, actor)
+
+        def submit(actor: Any) -> None:
+            index = pending.pop()
+            ref = actor.evaluate.remote(job_ref, split, batches[index], shared_root)
+            in_flight[ref] = (index, actor)
+
+        # Two batches queued per actor keep it busy while the driver handles a result.
+        for _ in range(2):
+            for actor in self._actors:
+                if pending:
+                    submit(actor)
+        while in_flight:
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            index, actor = in_flight.pop(ref)
+            payloads = ray.get(ref)
+            if pending:
+                submit(actor)
+            yield batches[index], payloads
+
+    def _start(self, fingerprint: str) -> None:
+        if self._actors:
+            if fingerprint != self._fingerprint:
+                raise PowersteerError(
+                    "one Ray executor serves one model; make a new executor for another model"
+                )
+            return
+        ray = _ray()
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                where = self.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                raise PowersteerError(
+                    f"--executor ray: cannot reach the Ray cluster at {where} "
+                    f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                    "start it with `ray start --head` and pass its address as ray:HOST:PORT, "
+                    "or use --executor local"
+                ) from error
+        worker = ray.remote(
+            num_cpus=self.threads_per_worker,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_RESTARTS,
+        )(CellWorker)
+        self._actors = [
+            worker.remote(self.model, fingerprint, self.threads_per_worker)
+            for _ in range(self.workers)
+        ]
+        self._fingerprint = fingerprint
+
+    def shutdown(self) -> None:
+        """End the actors (the cluster stays up)."""
+        if self._actors:
+            ray = _ray()
+            for actor in self._actors:
+                ray.kill(actor, no_restart=True)
+            self._actors = []
+
+
+class CellWorker:
+    """One Ray actor's state: the loaded model and a cell runner per behavior."""
+
+    def __init__(self, model: ModelSpec, fingerprint: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.lm = model.load()
+        loaded = model_fingerprint(self.lm)
+        if loaded != fingerprint:
+            raise PowersteerError(
+                f"worker {os.getpid()}: {model.name_or_path!r} loaded here differs from the "
+                "driver's model (fingerprint mismatch); give every node the same weights"
+            )
+        self.runners: dict[str, _CellRunner] = {}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def evaluate(
+        self, job: tuple, split: str, batch: Batch, shared_root: str | None
+    ) -> list[dict[str, Any]]:
+        runner = self._runner(*job)
+        payloads = list(runner._evaluate(batch, split))
+        if shared_root is not None:
+            cache = ResultCache(shared_root)
+            for (_, key), payload in zip(batch, payloads, strict=True):
+                cache.put_cell(key, payload)
+        return payloads
+
+    def _runner(
+        self, behavior: Any, vectors: dict, scale_unit: float, batch_rows: int, fingerprint: str
+    ) -> _CellRunner:
+        from harness.evaluation.preparation import prepare_behavior
+
+        key = content_key(
+            behavior=behavior.model_dump(mode="json"),
+            vectors={m: tensor_digest(v.vectors) for m, v in sorted(vectors.items())},
+            scale_unit=scale_unit,
+        )
+        if key not in self.runners:
+            prepared = prepare_behavior(self.lm, behavior)
+            runner = _CellRunner(
+                self.lm,
+                prepared,
+                behavior.make_scorer(),
+                ResultCache(os.devnull),  # unused: the worker never reads the cache
+                fingerprint,
+                vectors,
+                scale_unit,
+                batch_rows,
+            )
+            runner.extras = behavior.make_extra_scorers()  # logits extras are scored here
+            self.runners[key] = runner
+        return self.runners[key]
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as error:
+        raise PowersteerError(
+            "--executor ray needs Ray: pip install 'powersteer[ray]' (or use --executor local)"
+        ) from error
+    return ray
