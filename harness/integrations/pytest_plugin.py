@@ -50,6 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--steer-device", default="cpu", help="cpu or cuda (default cpu)")
     group.addoption(
+        "--steer-executor",
+        default="local",
+        metavar="local|ray[:ADDRESS]",
+        help="where the sweeps' cell batches run (default local; ray: 2 Ray actors)",
+    )
+    group.addoption(
         "--steer-out",
         default="reports/evals",
         help="where each behavior's run directory and report go (default reports/evals)",
@@ -122,6 +128,19 @@ class _State:
             self._model = load_model(self.config.getoption("steer_model"), device=self.device())
         return self._model
 
+    def executor(self) -> Any:
+        """None (local) or the Ray executor ``--steer-executor`` names, made once."""
+        spec = self.config.getoption("steer_executor")
+        if spec == "local":
+            return None
+        if getattr(self, "_executor", None) is None:
+            from harness.evaluation.executors import ModelSpec
+            from harness.integrations.ray_executor import make_executor
+
+            model = ModelSpec(self.config.getoption("steer_model"), device=self.device())
+            self._executor = make_executor(spec, model=model)
+        return self._executor
+
     def device(self) -> str:
         device = self.config.getoption("steer_device")
         worker = getattr(self.config, "workerinput", {}).get("workerid", "")
@@ -145,7 +164,11 @@ class _State:
             run_dir.mkdir(parents=True, exist_ok=True)
             with FileLock(str(run_dir / ".lock")):
                 self._runs[behavior_file] = run(
-                    [behavior], model=self.model, out=run_dir, progress=False
+                    [behavior],
+                    model=self.model,
+                    out=run_dir,
+                    progress=False,
+                    executor=self.executor(),
                 )
         return self._runs[behavior_file]
 

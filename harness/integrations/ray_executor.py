@@ -20,6 +20,7 @@ Ray is imported only when a Ray executor is made: the package works without it.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,28 @@ class RayExecutor:
         self.cache_mode = cache
         self.writes_cache = cache == "shared"
         on_gpu = model.device.startswith("cuda")
-        self.gpus_per_worker = (1.0 if on_gpu else 0.0) if gpus_per_worker is None else gpus_per_worker
+        default_gpus = 1.0 if on_gpu else 0.0
+        self.gpus_per_worker = default_gpus if gpus_per_worker is None else gpus_per_worker
         self.threads_per_worker = threads_per_worker
         self._actors: list[Any] = []
         self._fingerprint: str | None = None
+        self._connect()  # now, so a bad address fails before minutes of vectors
+
+    def _connect(self) -> None:
+        ray = _ray()
+        if not ray.is_initialized():
+            try:
+                _probe(self.address)
+                ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
+            except (OSError, RuntimeError, ValueError) as error:
+                where = self.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                reason = (str(error).splitlines() or [""])[0]
+                raise PowersteerError(
+                    f"--executor ray: cannot reach the Ray cluster at {where} "
+                    f"({type(error).__name__}: {reason}); "
+                    "start it with `ray start --head` and pass its address as ray:HOST:PORT, "
+                    "or use --executor local"
+                ) from error
 
     def worker_pids(self) -> list[int]:
         """The process ids of the live actors (empty before the first batch)."""
@@ -139,17 +158,6 @@ class RayExecutor:
                 )
             return
         ray = _ray()
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
-            except (ConnectionError, RuntimeError, ValueError) as error:
-                where = self.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
-                raise PowersteerError(
-                    f"--executor ray: cannot reach the Ray cluster at {where} "
-                    f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                    "start it with `ray start --head` and pass its address as ray:HOST:PORT, "
-                    "or use --executor local"
-                ) from error
         worker = ray.remote(
             num_cpus=self.threads_per_worker,
             num_gpus=self.gpus_per_worker,
@@ -226,6 +234,17 @@ class CellWorker:
             runner.extras = behavior.make_extra_scorers()  # logits extras are scored here
             self.runners[key] = runner
         return self.runners[key]
+
+
+def _probe(address: str | None, timeout_s: float = 5.0) -> None:
+    """Raise OSError when ``HOST:PORT`` accepts no connection: ray.init would retry it for
+    a minute before failing."""
+    if address is None or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    socket.create_connection((host, int(port)), timeout=timeout_s).close()
 
 
 def _ray() -> Any:

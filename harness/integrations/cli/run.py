@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.integrations.cli.executor import add_executor_arguments, executor_from_args
 from harness.integrations.cli.parsing import add_command, add_no_wait_flag, require_directory
 
 
@@ -63,6 +64,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         help="prompts generated together (cells x prompts); lower it on OOM",
     )
     add_no_wait_flag(run)
+    add_executor_arguments(run)
     run.set_defaults(handler=_run_run)
 
 
@@ -80,6 +82,7 @@ def _run_run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         batch_rows=args.batch_rows,
         wait=args.wait,
+        executor=executor_from_args(args),
     )
     print("\n".join(pipeline.summary_lines(result)))
     return 0
