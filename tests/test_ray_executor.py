@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -43,6 +41,17 @@ def tiny_behavior(directory: Path) -> Path:
     path = directory / "anti_refusal.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def test_unreachable_cluster_is_one_clear_error():
+    # First in the module: the cluster fixture has not connected this process yet.
+    assert not ray.is_initialized()
+    with pytest.raises(PowersteerError) as caught:
+        make_executor("ray:127.0.0.1:9", model=ModelSpec("organism"))
+    message = str(caught.value)
+    assert "cannot reach the Ray cluster at 127.0.0.1:9" in message
+    assert "ray start --head" in message and "\n" not in message
+    assert not ray.is_initialized()
 
 
 @pytest.fixture(scope="module")
@@ -130,28 +139,3 @@ def test_killed_worker_loses_no_cell_and_changes_no_result(cluster, local_run, t
 def test_unknown_executor_is_one_clear_error():
     with pytest.raises(PowersteerError, match="unknown executor; use local, ray"):
         make_executor("dask", model=ModelSpec("organism"))
-
-
-def test_unreachable_cluster_is_one_clear_error(tmp_path):
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.integrations.cli",
-            "run",
-            str(tiny_behavior(tmp_path)),
-            "--out",
-            str(tmp_path / "out"),
-            "--executor",
-            "ray:127.0.0.1:9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
-    assert completed.returncode != 0
-    assert "cannot reach the Ray cluster at 127.0.0.1:9" in completed.stderr
-    assert "ray start --head" in completed.stderr
-    assert "Traceback" not in completed.stderr
