@@ -47,13 +47,16 @@ def main() -> int:
         for block in BLOCKS:
             length = NORM_MULTIPLE * float(hidden[block + 1][0].norm(dim=-1).mean())
             vectors_file = Path(scratch) / f"v{block}.safetensors"
-            save_vectors(vectors_file, random_directions(lm, block, block + 2, num_vectors=1, seed=block))
+            save_vectors(
+                vectors_file, random_directions(lm, block, block + 2, num_vectors=1, seed=block)
+            )
             for sign in (1, -1):
                 out = Path(scratch) / f"cv{block}{sign}.gguf"
                 export_control_vector(vectors_file, lm, out, sign=sign, raw_scale=length)
                 rows.append(compare(lm, llama, out, block, sign, length))
     lines = [
-        "| block | sign | added length | unsteered floor | steered (same block) | wrong block (+1) | steering effect |",
+        "| block | sign | added length | unsteered floor | steered (same block) "
+        "| wrong block (+1) | steering effect |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:

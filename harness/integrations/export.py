@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from harness.engine.models import LanguageModel
 from harness.engine.control_vector_io import write_control_vector
+from harness.engine.models import LanguageModel
 from harness.errors import PowersteerError
 from harness.files import atomic_write
 from harness.integrations.lm_eval_model import read_steering_vector

@@ -45,9 +45,7 @@ def import_steering_file(
     elif file_format == "lm-eval":
         directions, model = _read_lm_eval_steer(path, d_model=d_model), None
     else:
-        raise PowersteerError(
-            f"--format {file_format!r} is not one of {', '.join(IMPORT_FORMATS)}"
-        )
+        raise PowersteerError(f"--format {file_format!r} is not one of {', '.join(IMPORT_FORMATS)}")
     chosen = _one_block(path, directions, block)
     vector = directions[chosen].float()
     length = float(vector.norm())
@@ -76,9 +74,7 @@ def _one_block(path: Path, directions: dict[int, torch.Tensor], block: int | Non
             )
         return block
     if len(directions) != 1:
-        raise PowersteerError(
-            f"{path} steers blocks {sorted(directions)}; choose one with --block"
-        )
+        raise PowersteerError(f"{path} steers blocks {sorted(directions)}; choose one with --block")
     return next(iter(directions))
 
 
@@ -97,8 +93,7 @@ def _read_lm_eval_steer(path: Path, *, d_model: int | None) -> dict[int, torch.T
         number = _TRAILING_NUMBER.search(str(hookpoint))
         if number is None or not isinstance(entry, dict) or "steering_vector" not in entry:
             raise PowersteerError(
-                f"{path}: hook point {hookpoint!r} is not a block (layers.N) with a "
-                "steering_vector"
+                f"{path}: hook point {hookpoint!r} is not a block (layers.N) with a steering_vector"
             )
         if entry.get("action", "add") != "add" or entry.get("head_index") is not None:
             raise PowersteerError(

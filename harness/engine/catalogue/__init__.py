@@ -35,9 +35,9 @@ from harness.engine.catalogue.fetching import (
     PIP_TIMEOUT_S,
     SourceUnavailable,
     cached_path,
-    raw_gguf_path,
     catalogue_rows,
     fetch,
+    raw_gguf_path,
     resolve_source,
 )
 

@@ -47,7 +47,7 @@ def add_export_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--raw-scale", type=float, default=None,
                         help="the added length instead (files without a scale unit)")  # fmt: skip
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS,
-                        help="llama-cpp and repeng: a control-vector .gguf; lm-eval: a .pt")  # fmt: skip
+                        help="llama-cpp, repeng: a .gguf; lm-eval: a .pt")  # fmt: skip
     parser.add_argument("--model", default=None,
                         help="the vectors' model (default: a run directory's)")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, metavar="FILE")

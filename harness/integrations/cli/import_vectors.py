@@ -61,8 +61,15 @@ def _run_import_vectors(args: argparse.Namespace) -> int:
 
 
 def run_reference_import(
-    file: Path, *, out: Path | None, method: str, source: int, target: int, key: str | None,
-    source_site: str, target_site: str,
+    file: Path,
+    *,
+    out: Path | None,
+    method: str,
+    source: int,
+    target: int,
+    key: str | None,
+    source_site: str,
+    target_site: str,
 ) -> int:
     """Import a reference's ``.pt`` (``import-vectors`` and ``import --format power-ref``)."""
     out = out or file.with_suffix(".safetensors")
