@@ -4,8 +4,8 @@ The file is a GGUF with architecture ``controlvector``, the keys
 ``controlvector.model_hint`` (repeng writes the model's ``model_type`` there) and
 ``controlvector.layer_count``, and one 1-D float32 tensor ``direction.N`` per layer.
 
-Which block output layer ``N`` means (read in the consumers' sources, and checked against
-llama.cpp's logits by ``benchmarks/bench_llama_cpp_export.py``):
+Which block output layer ``N`` means (read in the consumers' sources; repeng's reader is
+tested, llama.cpp's logits are compared by ``benchmarks/bench_llama_cpp_export.py``):
 
 * llama.cpp: ``direction.N`` is added, at every position, to the output of 0-based block
   ``N`` (``build_cvec`` right after the block's last residual add). ``direction.0`` is
