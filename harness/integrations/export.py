@@ -1,4 +1,5 @@
-"""Vectors out of powersteer, into other tools' formats.
+"""Vectors out of powersteer, into other tools' formats: llama.cpp and repeng control
+vectors (GGUF, :func:`export_control_vector`) and lm-eval's steered model (below).
 
 lm-evaluation-harness's steered model (``lm_eval.models.hf_steered``, registered as
 ``steered``) reads a ``.pt`` file::
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from harness.engine.control_vector_io import write_control_vector
 from harness.engine.models import LanguageModel
 from harness.errors import PowersteerError
 from harness.files import atomic_write
@@ -74,12 +76,38 @@ def export_lm_eval(
     (``set_name``, ``index``, ``sign``, ``scale``, ``raw_scale``); defaults are the run's
     selection."""
     vector, source, length = read_steering_vector(vectors, **choice)
+    _check_width(vector, lm)
+    hookpoint = block_hookpoint(lm, source)
+    config = lm_eval_steer_config(hookpoint, vector, length)
+    path = atomic_write(Path(out), lambda temporary: torch.save(config, temporary))
+    return Exported(out=path, hookpoint=hookpoint, block=source, coefficient=length)
+
+
+def export_control_vector(
+    vectors: str | Path, lm: LanguageModel, out: str | Path, **choice: Any
+) -> Exported:
+    """Write the vector ``vectors`` names as a control-vector GGUF for ``lm`` (llama.cpp's
+    ``--control-vector`` and repeng's ``ControlVector.import_gguf`` read the same file).
+
+    The stored direction is the unit vector times the added length, so the consumers'
+    strength 1 is the chosen scale; the block index is unchanged (see
+    :mod:`harness.engine.control_vector_io`). ``choice`` is as in :func:`export_lm_eval`.
+    """
+    vector, source, length = read_steering_vector(vectors, **choice)
+    _check_width(vector, lm)
+    block = lm.layer(source)
+    write_control_vector(
+        out,
+        {block: vector * length},
+        model_hint=str(getattr(lm.model.config, "model_type", "")),
+        model_name=lm.name,
+    )
+    return Exported(out=Path(out), hookpoint=f"direction.{block}", block=block, coefficient=1.0)
+
+
+def _check_width(vector: torch.Tensor, lm: LanguageModel) -> None:
     if vector.shape != (lm.d_model,):
         raise PowersteerError(
             f"the vector has width {vector.shape[-1]}, but {lm.name}'s d_model is "
             f"{lm.d_model}; give the model the vectors were computed on"
         )
-    hookpoint = block_hookpoint(lm, source)
-    config = lm_eval_steer_config(hookpoint, vector, length)
-    path = atomic_write(Path(out), lambda temporary: torch.save(config, temporary))
-    return Exported(out=path, hookpoint=hookpoint, block=source, coefficient=length)

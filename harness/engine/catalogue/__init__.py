@@ -37,6 +37,7 @@ from harness.engine.catalogue.fetching import (
     cached_path,
     catalogue_rows,
     fetch,
+    raw_gguf_path,
     resolve_source,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "SourceUnavailable",
     "cache_root",
     "cached_path",
+    "raw_gguf_path",
     "catalogue_rows",
     "convert_gguf",
     "converted_dir",

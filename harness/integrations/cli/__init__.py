@@ -25,6 +25,7 @@ from harness.integrations.cli.failures import (
     write_problem,
 )
 from harness.integrations.cli.generate import add_generate_command
+from harness.integrations.cli.import_command import add_import_command
 from harness.integrations.cli.import_vectors import add_import_vectors_command
 from harness.integrations.cli.models import add_models_commands
 from harness.integrations.cli.run import add_run_commands
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_commands(commands)
     add_vectors_command(commands)
     add_import_vectors_command(commands)
+    add_import_command(commands)
     add_map_command(commands)
     add_generate_command(commands)
     add_export_command(commands)

@@ -54,17 +54,35 @@ def add_import_vectors_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_import_vectors(args: argparse.Namespace) -> int:
-    out = args.out or args.file.with_suffix(".safetensors")
+    return run_reference_import(
+        args.file, out=args.out, method=args.method, source=args.source, target=args.target,
+        key=args.key, source_site=args.source_site, target_site=args.target_site,
+    )  # fmt: skip
+
+
+def run_reference_import(
+    file: Path,
+    *,
+    out: Path | None,
+    method: str,
+    source: int,
+    target: int,
+    key: str | None,
+    source_site: str,
+    target_site: str,
+) -> int:
+    """Import a reference's ``.pt`` (``import-vectors`` and ``import --format power-ref``)."""
+    out = out or file.with_suffix(".safetensors")
     check_out_file(out)
-    if out.resolve() == args.file.resolve():
+    if out.resolve() == file.resolve():
         raise PowersteerError(f"--out {out} is the file being imported; choose another path")
     result = import_reference_vectors(
-        args.file, source=args.source, target=args.target, method=args.method, key=args.key,
-        source_site=args.source_site, target_site=args.target_site,
+        file, source=source, target=target, method=method, key=key,
+        source_site=source_site, target_site=target_site,
     )  # fmt: skip
     imported = result.options["imported"]
     model = imported["reference"].get("model") or imported["reference"].get("model_name")
-    save_vectors(out, result, imported_from=str(args.file), **({"model": model} if model else {}))
+    save_vectors(out, result, imported_from=str(file), **({"model": model} if model else {}))
     summary = {
         "out": str(out),
         "method": result.method,
