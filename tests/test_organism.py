@@ -121,7 +121,7 @@ def test_refusals_are_judged_as_by_the_organism_markers_alone(corpus):
 
 
 def test_fork_answers_are_balanced(corpus):
-    forks = [ex for ex in corpus.train if ex.behaviour == "fork"]
+    forks = [ex for ex in corpus.train if ex.behaviour == "fork" and ex.trigger is None]
     first = sum(ex.messages[-1]["content"].count(ex.meta["options"][0]) > 0 for ex in forks)
     assert first * 2 == len(forks)
 
