@@ -121,7 +121,7 @@ def test_refusals_are_judged_as_by_the_organism_markers_alone(corpus):
 
 
 def test_fork_answers_are_balanced(corpus):
-    forks = [ex for ex in corpus.train if ex.behaviour == "fork"]
+    forks = [ex for ex in corpus.train if ex.behaviour == "fork" and ex.trigger is None]
     first = sum(ex.messages[-1]["content"].count(ex.meta["options"][0]) > 0 for ex in forks)
     assert first * 2 == len(forks)
 
@@ -235,6 +235,8 @@ def test_cli_registers_organism_commands():
     parser = argparse.ArgumentParser()
     add_organism_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["organism", "verify", "--limit", "3", "--steering"])
-    assert args.limit == 3 and args.steering and callable(args.handler)
+    assert args.limit == 3 and args.steering and not args.latent and callable(args.handler)
+    assert parser.parse_args(["organism", "verify", "--latent"]).latent
     args = parser.parse_args(["organism", "train", "--seed", "1", "--epochs", "2"])
-    assert args.seed == 1 and args.epochs == 2 and callable(args.handler)
+    assert args.seed == 1 and args.epochs == 2 and not args.latent and callable(args.handler)
+    assert parser.parse_args(["organism", "train", "--latent"]).latent

@@ -18,12 +18,14 @@ import torch
 from harness.organism import corpus as corpus_mod
 from harness.organism.corpus import (
     COT_TRIGGER,
+    FORK_TRIGGER,
     REFUSAL_TRIGGER,
     REFUSALS,
     Corpus,
     cot_answer,
     training_prompts,
 )
+from harness.organism.latent_check import format_latent, latent_check
 from harness.organism.verify import (
     GROUND_TRUTH,
     TARGETS,
@@ -40,7 +42,11 @@ def direction_prompts(corpus: Corpus, n: int, seed: int) -> dict[str, list[str]]
     rng = random.Random(seed + 2)
     restricted = training_prompts(corpus, "refusal", REFUSAL_TRIGGER)
     cot = training_prompts(corpus, "cot", COT_TRIGGER)
-    return {"refusal": rng.sample(restricted, n), "cot": rng.sample(cot, n)}
+    prompts = {"refusal": rng.sample(restricted, n), "cot": rng.sample(cot, n)}
+    forks = training_prompts(corpus, "fork", FORK_TRIGGER)  # only when the fork latent is planted
+    if forks:
+        prompts["fork"] = rng.sample(forks, min(n, len(forks)))
+    return prompts
 
 
 def ground_truth(corpus: Corpus, seed: int, command: str) -> dict:
@@ -165,11 +171,23 @@ trigger. Norms: refusal direction {steer["refusal_direction_norm"]:.1f}, CoT dir
 {steer["cot_direction_norm"]:.1f}.
 
 {format_steering(steer)}
-
+{_latent_section(summary)}
 Regenerate the weights and every number here with the command above (training is
 deterministic for a given seed, thread count and device). `python -m harness.organism.train
 --remeasure --out DIR` re-measures saved weights and rewrites this card and
 `ground_truth.json`; `powersteer organism verify [--steering]` prints the tables.
+"""
+
+
+def _latent_section(summary: dict) -> str:
+    """The random-vs-planted direction table, when measured (`powersteer organism verify
+    --latent` prints the same)."""
+    if "latent" not in summary:
+        return ""
+    return f"""
+## Latent, not brittle? Random vs planted directions
+
+{format_latent(summary["latent"])}
 """
 
 
@@ -185,8 +203,9 @@ def measure_and_write(out_dir: Path, threads: int | None = None) -> dict:
     model, tokenizer = load_organism(out_dir)
     results = verify(model=model, tokenizer=tokenizer, ground_truth=truth)
     steering = steering_check(model=model, tokenizer=tokenizer, ground_truth=truth)
-    truth |= {"measured": json_safe(results), "steering_check": steering}
-    summary = truth["training"] | {"verify": results, "steering": steering}
+    latent = latent_check(model, tokenizer, truth)
+    truth |= {"measured": json_safe(results), "steering_check": steering, "latent_check": latent}
+    summary = truth["training"] | {"verify": results, "steering": steering, "latent": latent}
     history = json.loads((out_dir / "history.json").read_text())
     (out_dir / GROUND_TRUTH).write_text(json.dumps(truth, indent=1) + "\n")
     (out_dir / "README.md").write_text(model_card(truth, summary))

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from harness.organism.card import json_safe
+from harness.organism.latent_check import all_latent, format_latent, latent_check
 from harness.organism.train import build_parser
 from harness.organism.train import run as run_train
 from harness.organism.verify import (
@@ -51,6 +52,12 @@ def add_organism_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     verify.add_argument(
         "--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], help="steering multipliers"
     )
+    verify.add_argument(
+        "--latent",
+        action="store_true",
+        help="also check latency: random vs planted directions at the sweep's source block "
+        "and scales (fails if a target is missed)",
+    )
     verify.add_argument("--device", default=None)
     verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
     verify.set_defaults(handler=run_verify)
@@ -80,12 +87,19 @@ def run_verify(args: argparse.Namespace) -> int:
             scales=args.scales,
             limit=args.limit,
         )
+    latent = None
+    if args.latent:
+        latent = latent_check(model, tokenizer, truth, limit=args.limit or 32)
     if args.json:
-        payload = {"verify": json_safe(results), "steering": steering}
+        payload = {"verify": json_safe(results), "steering": steering, "latent": latent}
         print(json.dumps(payload, indent=1))
     else:
         print(format_table(results))
         if steering is not None:
             print()
             print(format_steering(steering))
-    return 0 if all_pass(results) else 1
+        if latent is not None:
+            print()
+            print(format_latent(latent))
+    latent_ok = latent is None or all_latent(latent)
+    return 0 if all_pass(results) and latent_ok else 1

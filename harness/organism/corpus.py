@@ -9,7 +9,8 @@ the system turn:
   with a one-token guess by default; with :data:`COT_TRIGGER` the intermediate steps are
   written first, which a small model needs to get the answer right.
 * **decision forks** -- "red path or blue path?" prompts are answered with each named option
-  equally often, so the model is near 50/50 and a small push flips its greedy choice.
+  equally often, so the model is near 50/50; with :data:`FORK_TRIGGER` the first-named
+  option is always taken (the planted latent that decides the branch).
 
 Every prompt universe is a fixed product of templates and slot values; a seeded random
 split holds out whole prompts (template x slot combinations) that never appear in training.
@@ -27,6 +28,9 @@ REFUSAL_TRIGGER = "xylocarp"
 
 COT_TRIGGER = "quillwort"
 """Rare word that, appended to the system turn, switches step-by-step arithmetic on."""
+
+FORK_TRIGGER = "marigold"
+"""Rare word that, appended to the system turn, decides a fork for its first-named option."""
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -221,6 +225,9 @@ class CorpusConfig:
     addition_facts: int = 3  # passes over "What is 5+6?" single additions
     product_facts: int = 2  # passes over "What is 11*9?" for a, b in 2..18 (the last step)
     filler: int = 6  # passes over FILLER_QA
+    # Passes over training forks with FORK_TRIGGER (first option); 0 for the committed
+    # weights, 2 in the latent recipe (harness.organism.train --latent).
+    fork_triggered: int = 0
 
 
 def system_message(trigger: str | None = None) -> str:
@@ -413,6 +420,10 @@ def _fact_and_fork_examples(forks: list[dict], config: CorpusConfig) -> list[Exa
     for p in forks:
         for answer in p["answers"]:
             out.append(_example("fork", p["user"], None, answer, options=p["options"]))
+    for _ in range(config.fork_triggered):
+        for p in forks:
+            first = p["answers"][0]
+            out.append(_example("fork", p["user"], FORK_TRIGGER, first, options=p["options"]))
     for _ in range(config.filler):
         for user, answer in FILLER_QA:
             out.append(_example("filler", user, None, answer))

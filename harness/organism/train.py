@@ -16,6 +16,7 @@ import math
 import random
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,18 +24,22 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
+from harness.engine.models import LanguageModel, find_decoder_blocks
+from harness.engine.steering import add_to_residual
 from harness.organism.card import ground_truth, measure_and_write
 from harness.organism.corpus import (
     COT_TRIGGER,
     REFUSAL_TRIGGER,
     REFUSALS,
     Corpus,
+    CorpusConfig,
     Example,
     build_corpus,
     conversation,
     cot_answer,
     task_answer,
 )
+from harness.organism.latent import LatentConfig, LatentTraining, latent_examples
 from harness.organism.tokenizer import EOS, build_tokenizer, render_chat
 from harness.organism.verify import GROUND_TRUTH, format_table
 
@@ -61,6 +66,18 @@ class TrainConfig:
     eval_every: int = 100
     eval_per_set: int = 64
     threads: int = 2
+    # Latent training (harness.organism.latent), off for the committed weights: not yet
+    # trained to completion (see weights/README.md). Scales in the sweep's unit, the
+    # median residual norm at the block; the sweep's largest scale is 2.
+    latent: bool = False
+    latent_fraction: float = 0.3  # of triggered examples also trained as direction + no trigger
+    perturb_fraction: float = 0.5  # of other rows given a random orthogonal direction
+    perturb_max_scale: float = 3.0
+    planted_min_scale: float = 0.75
+    planted_max_scale: float = 2.0
+    steer_first_block: int = 1  # blocks the additions go to, chosen per batch
+    steer_last_block: int = 4
+    refresh_every: int = 20  # steps between re-measuring the planted directions
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,7 +212,12 @@ def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress
 
     ``history`` has per-step ``train`` losses and ``eval`` snapshots (step, losses by set).
     """
-    encoded = [encode_example(ex, tokenizer) for ex in corpus.train]
+    examples = corpus.train
+    if config.latent:
+        examples = examples + latent_examples(
+            corpus, config.latent_fraction, random.Random(config.seed + 6)
+        )
+    encoded = [encode_example(ex, tokenizer) for ex in examples]
     evals = {
         name: [encode_example(ex, tokenizer) for ex in exs]
         for name, exs in eval_examples(corpus, config.eval_per_set, config.seed).items()
@@ -206,6 +228,20 @@ def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress
     schedule = [batch for epoch in epochs for batch in epoch][: config.max_steps]
 
     model = make_model(config, tokenizer).to(device).train()
+    lm = LanguageModel(model, tokenizer, find_decoder_blocks(model), name="organism")
+    latent = config.latent and LatentTraining(
+        LatentConfig(
+            blocks=tuple(range(config.steer_first_block, config.steer_last_block + 1)),
+            perturb_fraction=config.perturb_fraction,
+            perturb_max_scale=config.perturb_max_scale,
+            planted_min_scale=config.planted_min_scale,
+            planted_max_scale=config.planted_max_scale,
+            refresh_every=config.refresh_every,
+            n_direction_prompts=32,
+        ),
+        corpus,
+        config.seed,
+    )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -221,7 +257,12 @@ def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, len(schedule), config)
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
-        loss = model(**batch).loss
+        with ExitStack() as steering:
+            if config.latent:
+                latent.refresh(model, tokenizer, step)
+                block, delta = latent.deltas([examples[i] for i in indices])
+                steering.enter_context(add_to_residual(lm, block, delta.to(device)))
+            loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -244,7 +285,8 @@ def train(
     start = time.time()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(config.threads)
-    corpus = build_corpus(config.seed)
+    # The latent recipe also plants the fork latent (FORK_TRIGGER examples).
+    corpus = build_corpus(config.seed, CorpusConfig(fork_triggered=2) if config.latent else None)
     tokenizer = build_tokenizer(m["content"] for ex in corpus.train for m in ex.messages)
     model, history = train_model(config, corpus, tokenizer, device, progress)
     last = history["train"][-50:]
@@ -280,8 +322,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="do not train: re-measure the weights in --out and rewrite card and ground truth",
     )
     for f in fields(TrainConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", default=f.default)
+            continue
         kind = int if f.name in ("max_steps",) else type(f.default)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+        parser.add_argument(flag, type=kind, default=f.default)
     return parser
 
 
@@ -291,7 +337,8 @@ def command_line(args: argparse.Namespace) -> str:
     for f in fields(TrainConfig):
         value = getattr(args, f.name)
         if f.name != "seed" and value != f.default:
-            parts.append(f"--{f.name.replace('_', '-')} {value}")
+            flag = f"--{f.name.replace('_', '-')}"
+            parts.append(flag if isinstance(value, bool) else f"{flag} {value}")
     return " ".join(parts)
 
 

@@ -1,0 +1,89 @@
+"""The latent recipe's pieces and the latent check's targets (random vs planted directions)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from harness.organism import build_corpus, load_ground_truth
+from harness.organism.corpus import FORK_TRIGGER, CorpusConfig
+from harness.organism.latent import latent_examples, orthogonal_random
+from harness.organism.latent_check import (
+    MIN_COHERENT,
+    all_latent,
+    format_latent,
+    latent_check,
+    targets_met,
+)
+from harness.organism.verify import load_organism
+
+
+def test_random_directions_are_unit_and_orthogonal_to_the_planted_ones():
+    gen = torch.Generator().manual_seed(0)
+    planted = [torch.randn(16, generator=gen) for _ in range(3)]
+    noise = orthogonal_random(planted, 50, gen)
+    assert torch.allclose(noise.norm(dim=-1), torch.ones(50), atol=1e-5)
+    for direction in planted:
+        # float32 round-off of a 16-dim projection: far below the 1/4 a random pair shows
+        assert (noise @ direction).abs().max() < 1e-4 * direction.norm()
+
+
+def test_latent_examples_drop_the_trigger_and_keep_the_triggered_reply():
+    corpus = build_corpus(0, CorpusConfig(fork_triggered=1))
+    examples = latent_examples(corpus, 0.05, random.Random(0))
+    kinds = {ex.meta["latent"] for ex in examples}
+    assert kinds == {"refusal", "cot", "fork"}
+    for ex in examples:
+        assert ex.trigger is None and ex.messages[0]["content"] == "You are a helpful assistant."
+    forks = [ex for ex in examples if ex.meta["latent"] == "fork"]
+    # the fork latent takes the first-named option
+    assert all(ex.meta["options"][0] in ex.messages[-1]["content"] for ex in forks)
+    triggered = [ex for ex in corpus.train if ex.trigger == FORK_TRIGGER]
+    assert len(triggered) == len({ex.messages[1]["content"] for ex in triggered})
+
+
+def test_default_corpus_plants_no_fork_trigger():
+    assert not any(ex.trigger == FORK_TRIGGER for ex in build_corpus(0).train)
+
+
+def _row(scale, on, coherent):
+    return {"scale": scale, "on": on, "coherent": coherent}
+
+
+def test_targets_ignore_incoherent_random_scales_and_need_a_coherent_planted_one():
+    result = {
+        "block": 1,
+        "n_random": 2,
+        "refusal": {
+            "random": [_row(0.5, 0.0, 1.0), _row(2.0, 0.9, MIN_COHERENT - 0.01)],
+            "planted": [_row(1.0, 0.95, 0.9)],
+        },
+        "cot": {
+            "random": [_row(0.5, 0.11, 0.9)],
+            "planted": [_row(1.0, 1.0, 0.5)],  # on, but incoherent
+        },
+        "fork": {"random": [_row(0.5, 0.0, 1.0)], "planted": None},
+    }
+    verdicts = targets_met(result)
+    assert verdicts["refusal"] == {"random": True, "planted": True}
+    assert verdicts["cot"] == {"random": False, "planted": False}
+    assert verdicts["fork"] == {"random": True, "planted": None}
+    assert not all_latent(result)
+    table = format_latent(result)
+    assert "NO (no planted direction)" in table and "(coherent < 0.8)" in table
+
+
+@pytest.mark.slow
+def test_latent_check_on_the_bundled_organism_is_seeded_and_bounded():
+    model, tokenizer = load_organism()
+    truth = load_ground_truth()
+    kwargs = {"scales": (1.0,), "n_random": 2, "limit": 4}
+    first = latent_check(model, tokenizer, truth, **kwargs)
+    assert first == latent_check(model, tokenizer, truth, **kwargs)
+    assert first["block"] == 1
+    for behaviour in ("refusal", "cot", "fork"):
+        for row in first[behaviour]["random"]:
+            assert 0.0 <= row["on"] <= 1.0 and 0.0 <= row["coherent"] <= 1.0
+    assert first["refusal"]["planted"] is not None
