@@ -38,7 +38,7 @@ from harness.evaluation.analysis import select_cells
 from harness.evaluation.behaviors import Behavior
 from harness.evaluation.cache import content_key
 from harness.evaluation.cells import UNSTEERED, Cell
-from harness.files import atomic_write_json
+from harness.files import atomic_write, atomic_write_json
 
 # The screen is a ranking, not a result: a few solver steps for two vectors per pair
 # order the pairs as the converged map would (σ₁ of a top Ritz pair converges first).
@@ -186,3 +186,30 @@ def cell_objective(rows: pd.DataFrame, metric: str, cell: Cell) -> float:
     if metric == "success":
         return float((part["success"].astype(bool) & part["coherent"]).mean())
     return float(part["score"].astype(float).mean())
+
+
+SCREEN_FILE = "screen.parquet"
+
+
+def write_screens(run_dir: Path, screens: dict[str, Screen]) -> Path | None:
+    """Write every behavior's screen to ``run_dir/screen.parquet`` (one row per behavior
+    and pair, with the screen's cost on each row); nothing when no behavior screened."""
+    if not screens:
+        return None
+    frames = [
+        screen.table.assign(
+            behavior=name,
+            screen_forward_passes=screen.forward_passes,
+            screen_wall_time_s=screen.wall_time_s,
+            screen_reused=screen.reused,
+        )
+        for name, screen in screens.items()
+    ]
+    table = pd.concat(frames, ignore_index=True)
+    return atomic_write(run_dir / SCREEN_FILE, lambda path: table.to_parquet(path, index=False))
+
+
+def read_screens(run_dir: Path) -> pd.DataFrame | None:
+    """The run's ``screen.parquet``, or None when no behavior screened layer pairs."""
+    path = Path(run_dir) / SCREEN_FILE
+    return pd.read_parquet(path) if path.is_file() else None

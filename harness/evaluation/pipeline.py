@@ -37,7 +37,7 @@ from harness.evaluation.cache import ResultCache, model_fingerprint
 from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.checks import check_before_run
 from harness.evaluation.coherence import mark_coherent
-from harness.evaluation.executors import Executor
+from harness.evaluation.layer_selection import write_screens
 from harness.evaluation.report import write_report
 from harness.evaluation.run_dir import (
     CACHE_DIR,
@@ -167,6 +167,7 @@ def _behaviors_to_run(
 
 def _save_run(run_dir: Path, results: pd.DataFrame, sweeps: Sequence[BehaviorSweep]) -> None:
     write_results(run_dir, results)
+    write_screens(run_dir, {s.behavior.name: s.screen for s in sweeps if s.screen is not None})
     save_vector_sets(
         run_dir / VECTORS_FILE,
         {f"{s.behavior.name}/{m}": v for s in sweeps for m, v in s.vectors.items()},
@@ -309,16 +310,20 @@ def summary_lines(result: RunResult) -> list[str]:
 
 def _selection_metadata(sweep: BehaviorSweep, method: str) -> dict:
     chosen = sweep.selection.get(method)
+    scale_unit = sweep.scale_units.get(method, sweep.scale_unit)
+    pair = sweep.pairs.get(method)
     return {
         "behavior": sweep.behavior.name,
-        "scale_unit": sweep.scale_unit,
+        "scale_unit": scale_unit,
+        "source_layer": pair[0] if pair else None,
+        "target_layer": pair[1] if pair else None,
         "selected": None
         if chosen is None
         else {
             "vector": chosen.vector,
             "sign": chosen.sign,
             "scale": chosen.scale,
-            "raw_scale": chosen.sign * chosen.scale * sweep.scale_unit,
+            "raw_scale": chosen.sign * chosen.scale * scale_unit,
         },
     }
 
