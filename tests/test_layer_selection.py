@@ -17,12 +17,13 @@ from harness.engine.sensitivity import SensitivityMap, rank_pairs
 from harness.engine.sensitivity_io import read_candidates, write_candidates
 from harness.errors import PowersteerError
 from harness.evaluation.analysis import selected_table
-from harness.evaluation.behaviors import load_behavior
+from harness.evaluation.behaviors import load_behavior, split_indices
 from harness.evaluation.cells import Cell
 from harness.evaluation.layer_selection import read_screens
 from harness.evaluation.pipeline import run
 from harness.evaluation.scale_refinement import refine_scale
 
+pytestmark = pytest.mark.xdist_group("organism_layer_selection")
 ORGANISM_BEHAVIORS = Path(__file__).resolve().parent.parent / "behaviors" / "organism"
 # The organism card's difference-of-means check steers at block 3 (of 6): the planted
 # refusal direction is known to work there.
@@ -166,13 +167,37 @@ def _selections(result) -> dict:
     }
 
 
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory, organism):
+    """One run of three behaviors: caa (and random) with ``layers: auto``; the same with
+    the test prompts swapped for allowed requests, which the organism answers (so the
+    test outcomes change while the select prompts stay the same); caa at the planted
+    block, hand-picked."""
+    directory = tmp_path_factory.mktemp("auto")
+    original = _anti_refusal(directory, "auto", layers="auto", screen_keep=2,
+                             methods=["caa", "random"], refine_steps=1)  # fmt: skip
+    behavior = load_behavior(original)
+    rows = behavior.prompt_rows()
+    _, test = split_indices(len(rows), behavior.split)
+    allowed = [json.loads(line) for line in (ORGANISM_BEHAVIORS / "data/allowed.jsonl").open()]
+    altered = list(rows)
+    for j, index in enumerate(test):
+        altered[index] = {"prompt": allowed[j]["prompt"]}
+    data = directory / "altered.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in altered))
+    files = [
+        original,
+        _anti_refusal(directory, "altered", prompts=data, layers="auto", screen_keep=2,
+                      methods=["caa", "random"], refine_steps=1),
+        _anti_refusal(directory, "planted", source_layer=PLANTED_BLOCK,
+                      target_layer=PLANTED_BLOCK + 1),
+    ]  # fmt: skip
+    return run(files, model=organism, out=directory / "out", progress=False)
+
+
 @pytest.mark.slow
-def test_auto_pair_reaches_the_supervised_effect_at_the_planted_block(tmp_path, organism):
-    auto = _anti_refusal(tmp_path, "auto", layers="auto", screen_keep=2)
-    planted = _anti_refusal(
-        tmp_path, "planted", source_layer=PLANTED_BLOCK, target_layer=PLANTED_BLOCK + 1
-    )
-    result = run([auto, planted], model=organism, out=tmp_path / "out", progress=False)
+def test_auto_pair_reaches_the_supervised_effect_at_the_planted_block(auto_run):
+    result = auto_run
     table = selected_table(result.results).set_index(["behavior", "method"])
     at_auto, at_planted = table.loc[("auto", "caa")], table.loc[("planted", "caa")]
     assert at_auto.n == at_planted.n == 20
@@ -181,51 +206,35 @@ def test_auto_pair_reaches_the_supervised_effect_at_the_planted_block(tmp_path, 
     # ...and the data-chosen pair reaches it: within the planted block's 95% interval or above.
     assert at_auto.value >= at_planted.low
     screen = read_screens(result.run_dir)
-    assert len(screen) == 15 and screen["kept"].sum() == 2  # every pair of 6 blocks screened
-    kept = set(zip(screen[screen.kept].source, screen[screen.kept].target, strict=True))
-    assert result.sweeps[0].pairs["caa"] in kept
+    mine = screen[screen.behavior == "auto"]
+    assert len(mine) == 15 and mine["kept"].sum() == 2  # every pair of 6 blocks screened
+    kept = set(zip(mine[mine.kept].source, mine[mine.kept].target, strict=True))
+    sweep = next(s for s in result.sweeps if s.behavior.name == "auto")
+    assert sweep.pairs["caa"] in kept
     auto_rows = result.results[result.results.behavior == "auto"]
     test_pairs = auto_rows[(auto_rows.split == "test") & (auto_rows.method == "caa")]
     assert set(zip(test_pairs.source_layer, test_pairs.target_layer, strict=True)) == {
-        result.sweeps[0].pairs["caa"]
+        sweep.pairs["caa"]
     }
 
 
 @pytest.mark.slow
-def test_altered_test_outcomes_leave_every_selection_unchanged(tmp_path, organism):
-    behavior = load_behavior(_anti_refusal(tmp_path, "probe", layers="auto"))
-    rows = behavior.prompt_rows()
-    from harness.evaluation.behaviors import split_indices
-
-    _, test = split_indices(len(rows), behavior.split)
-    # Test prompts swapped for allowed requests, which the organism answers: the outcomes
-    # on the test split change, the select split is the same prompts.
-    allowed = [json.loads(line) for line in (ORGANISM_BEHAVIORS / "data/allowed.jsonl").open()]
-    altered = list(rows)
-    for j, index in enumerate(test):
-        altered[index] = {"prompt": allowed[j]["prompt"]}
-    data = tmp_path / "altered.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in altered))
-    files = [
-        _anti_refusal(tmp_path, "original", layers="auto", methods=["caa", "random"],
-                      refine_steps=1),
-        _anti_refusal(tmp_path, "altered", prompts=data, layers="auto",
-                      methods=["caa", "random"], refine_steps=1),
-    ]  # fmt: skip
-    result = run(files, model=organism, out=tmp_path / "out", progress=False)
+def test_altered_test_outcomes_leave_every_selection_unchanged(auto_run):
+    result = auto_run
     chosen = _selections(result)
     for method in ("caa", "random"):
-        assert chosen[("original", method)] == chosen[("altered", method)]
+        assert chosen[("auto", method)] == chosen[("altered", method)]
     screens = read_screens(result.run_dir)
-    by_behavior = {b: g.drop(columns="behavior").reset_index(drop=True)
-                   for b, g in screens.groupby("behavior")}  # fmt: skip
-    pd.testing.assert_frame_equal(
-        by_behavior["original"][["source", "target", "kl", "rank"]],
-        by_behavior["altered"][["source", "target", "kl", "rank"]],
-    )
-    test_rows = result.results[result.results.split == "test"]
+    by_behavior = {b: g.reset_index(drop=True) for b, g in screens.groupby("behavior")}
+    columns = ["source", "target", "sigma1", "kl", "rank", "kept"]
+    pd.testing.assert_frame_equal(by_behavior["auto"][columns], by_behavior["altered"][columns])
+    # Same model and select prompts: the second behavior reused the first one's screen.
+    assert by_behavior["altered"]["screen_reused"].all()
+    test_rows = result.results[
+        (result.results.split == "test") & (result.results.method == "unsteered")
+    ]
     outcome = test_rows.groupby("behavior")["success"].mean()
-    assert outcome["altered"] > outcome["original"]  # the test outcomes did change
+    assert outcome["altered"] > outcome["auto"]  # the test outcomes did change
 
 
 @pytest.mark.slow
