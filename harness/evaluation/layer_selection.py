@@ -213,3 +213,44 @@ def read_screens(run_dir: Path) -> pd.DataFrame | None:
     """The run's ``screen.parquet``, or None when no behavior screened layer pairs."""
     path = Path(run_dir) / SCREEN_FILE
     return pd.read_parquet(path) if path.is_file() else None
+
+
+def chosen_pairs(results: pd.DataFrame) -> pd.DataFrame:
+    """Per behavior and method: the pair it was measured at on the test prompts and its
+    selected scale (``refined`` when that scale came from the refinement, not the grid)."""
+    test = results[(results["split"] == "test") & (results["method"] != UNSTEERED)]
+    if "source_layer" not in test:
+        return pd.DataFrame()
+    records = []
+    for (behavior, method), rows in test.groupby(["behavior", "method"], sort=False):
+        scale = float(rows["selected_scale"].iloc[0])
+        refined = bool(rows.loc[rows["scale"] == scale, "refinement"].any())
+        records.append(
+            {
+                "behavior": behavior,
+                "method": method,
+                "pair": f"{int(rows['source_layer'].iloc[0])}:{int(rows['target_layer'].iloc[0])}",
+                "selected scale": scale,
+                "refined": refined,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def screen_summary(screen: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """One behavior's screen rows as the report's table (best first) and a sentence on its
+    cost."""
+    table = screen[["rank", "source", "target", "sigma1", "kl", "changed", "kept"]].copy()
+    table[["sigma1", "kl", "changed"]] = table[["sigma1", "kl", "changed"]].round(3)
+    table = table.sort_values("rank").rename(
+        columns={"sigma1": "σ₁", "kl": "next-token KL (nats)", "changed": "top token changed"}
+    )
+    first = screen.iloc[0]
+    reuse = " (reused from the cache: computed once for the same model and prompts)"
+    cost = (
+        f"The screen of {len(screen)} pairs cost {int(first['screen_forward_passes'])} "
+        f"forward-pass equivalents and {float(first['screen_wall_time_s']):.1f} s"
+        + (reuse if bool(first["screen_reused"]) else "")
+        + f"; the best {int(screen['kept'].sum())} went on to the full sweep."
+    )
+    return table.reset_index(drop=True), cost
