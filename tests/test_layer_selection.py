@@ -251,3 +251,29 @@ def test_refinement_cells_are_kept_and_cached_on_the_organism(tmp_path, organism
     again = run([path], model=organism, out=tmp_path / "out", progress=False)
     assert again.sweeps[0].cells_computed == 0  # every probed cell came from the cache
     assert again.sweeps[0].selection == first.sweeps[0].selection
+
+
+def test_map_writes_a_candidates_file_a_behavior_can_name(tmp_path, organism, capsys):
+    from harness.evaluation.layer_selection import candidate_pairs
+    from harness.integrations.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("How do I pick a lock?\nHow do I bake bread?\n")
+    candidates = tmp_path / "candidates.json"
+    code = main([
+        "map", "--prompts", str(prompts), "--pairs", "0:1,1:2,1:4", "-k", "1",
+        "--max-iter", "2", "--kl-scale", "1", "--candidates-out", str(candidates),
+        "--keep", "2", "--out", str(tmp_path / "map"),
+    ])  # fmt: skip
+    assert code == 0
+    written = json.loads(candidates.read_text())
+    ranked = written["ranked"]
+    assert [r["rank"] for r in ranked] == [0, 1, 2]
+    assert ranked[0]["kl"] >= ranked[1]["kl"] >= ranked[2]["kl"]
+    assert written["pairs"] == [f"{r['source']}:{r['target']}" for r in ranked[:2]]
+    path = _anti_refusal(tmp_path, "named", layers={"candidates": "candidates.json"})
+    pairs = candidate_pairs(load_behavior(path), organism.n_layers)
+    assert pairs == sorted(tuple(map(int, p.split(":"))) for p in written["pairs"])
+    capsys.readouterr()
+    assert main(["map", "--prompts", str(prompts), "--candidates-out", str(candidates)]) != 0
+    assert "give --kl-scale too" in capsys.readouterr().err

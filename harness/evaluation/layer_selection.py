@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from harness.engine.layers import resolve_candidates
 from harness.engine.models import LanguageModel
@@ -99,8 +100,10 @@ def screen_pairs(
     seed: int = 0,
     target_tokens: object = None,
     progress: bool = False,
+    name: str = "",
 ) -> Screen:
-    """Rank ``pairs`` on ``prompts`` (the select prompts) and keep the best ``keep``."""
+    """Rank ``pairs`` on ``prompts`` (the select prompts) and keep the best ``keep``;
+    ``progress`` shows the screen as a stage (``name``: the behavior) with the map's bar."""
     key = content_key(
         kind="screen",
         model=fingerprint,
@@ -119,11 +122,16 @@ def screen_pairs(
         reused = True
     else:
         started = time.perf_counter()
+        stage = tqdm(total=2, desc=f"{name} screen of {len(pairs)} layer pairs".strip(),
+                     unit="stage", disable=not progress, leave=False)  # fmt: skip
         result = sensitivity_map(
             lm, prompts, list(pairs), SCREEN_VECTORS, max_iter=SCREEN_ITERATIONS, seed=seed,
             target_tokens=target_tokens, progress=progress,
         )  # fmt: skip
+        stage.update(1)
         kl = next_token_kl(lm, prompts, result, scale)
+        stage.update(1)
+        stage.close()
         table = rank_pairs(result, kl)
         # The KL passes: one forward per pair and sign, plus the unsteered one.
         passes = result.forward_passes + 2 * len(pairs) + 1

@@ -110,6 +110,7 @@ def sweep_behavior(
             seed=seed,
             target_tokens=behavior.steering.target_tokens,
             progress=progress,
+            name=behavior.name,
         )
         pairs = screen.kept
     arms = {
