@@ -195,19 +195,17 @@ def _discard(path: Path, reason: str) -> None:
 CANDIDATES_VERSION = 1
 
 
-def write_candidates(
-    path: str | os.PathLike[str], ranked: Any, keep: int, **metadata: Any
-) -> Path:
+def write_candidates(path: str | os.PathLike[str], ranked: Any, keep: int, **metadata: Any) -> Path:
     """Write the best ``keep`` pairs of a :func:`~harness.engine.sensitivity.rank_pairs`
     table as a candidates file (JSON) that a behavior names with
     ``steering.layers: {candidates: FILE}``; the whole ranked table rides along."""
     if keep < 1:
         raise PowersteerError(f"--keep {keep}: keep at least one pair")
-    rows = ranked.to_dict(orient="records")
+    rows = json.loads(ranked.to_json(orient="records"))  # plain numbers, not numpy scalars
     document = {
         "powersteer_candidates": CANDIDATES_VERSION,
         "pairs": [f"{int(r['source'])}:{int(r['target'])}" for r in rows[:keep]],
-        "ranked": [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows],
+        "ranked": rows,
         **metadata,
     }
     path = Path(path)

@@ -77,7 +77,7 @@ def candidate_pairs(behavior: Behavior, n_layers: int) -> list[Pair]:
     try:
         if spec is None:
             raise PowersteerError("no candidates given")
-        if isinstance(spec, str) or isinstance(spec, list):
+        if isinstance(spec, str | list):
             return resolve_candidates(spec, n_layers)
         if hasattr(spec, "candidates"):
             path = Path(spec.candidates)

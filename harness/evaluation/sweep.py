@@ -165,9 +165,7 @@ def sweep_behavior(
     )
     mark_coherent(results, behavior)
     method_arms = {m: arms[pair] for m, (pair, _) in chosen.items()}
-    vectors = {
-        method: method_arms.get(method, first).vectors[method] for method in first.vectors
-    }
+    vectors = {method: method_arms.get(method, first).vectors[method] for method in first.vectors}
     return BehaviorSweep(
         behavior=behavior,
         results=results,
