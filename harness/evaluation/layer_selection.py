@@ -262,3 +262,20 @@ def screen_summary(screen: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         + f"; the best {int(screen['kept'].sum())} went on to the full sweep."
     )
     return table.reset_index(drop=True), cost
+
+
+def at_measured_pair(select_rows: pd.DataFrame, results: pd.DataFrame) -> pd.Series:
+    """Which select rows were swept at the pair their method was measured at on the test
+    prompts (all of them for a one-pair run, or one without layer columns)."""
+    if "source_layer" not in select_rows:
+        return pd.Series(True, index=select_rows.index)
+    test = results[(results["split"] == "test") & (results["method"] != UNSTEERED)]
+    measured = test.groupby("method")[list(PAIR_COLUMNS)].first()
+    pair = select_rows[["method", *PAIR_COLUMNS]].merge(
+        measured, left_on="method", right_index=True, how="left", suffixes=("", "_measured")
+    )
+    same = (pair["source_layer"] == pair["source_layer_measured"]) & (
+        pair["target_layer"] == pair["target_layer_measured"]
+    )
+    return pd.Series(same.to_numpy() | (select_rows["method"] == UNSTEERED).to_numpy(),
+                     index=select_rows.index)  # fmt: skip

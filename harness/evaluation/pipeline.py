@@ -37,7 +37,7 @@ from harness.evaluation.cache import ResultCache, model_fingerprint
 from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.checks import check_before_run
 from harness.evaluation.coherence import mark_coherent
-from harness.evaluation.layer_selection import write_screens
+from harness.evaluation.layer_selection import at_measured_pair, write_screens
 from harness.evaluation.report import write_report
 from harness.evaluation.run_dir import (
     CACHE_DIR,
@@ -209,6 +209,7 @@ def _rescore(run_dir: Path, behavior: Behavior, behavior_file: Path) -> Path:
         .groupby("method")[["vector", "sign"]]
         .first()
     )
+    select = select[at_measured_pair(select, part)]  # steering.layers: the pair measured
     kept = {str(m): (int(r.vector), int(r.sign)) for m, r in measured.iterrows()}
     selection = select_cells(select, scorer.metric, keep_vectors=kept)
     free = select_cells(select, scorer.metric)

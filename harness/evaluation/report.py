@@ -362,6 +362,17 @@ def where_to_steer_blocks(run_dir: Path, results: pd.DataFrame) -> list[Block]:
         ),
         Block("table", chosen),
     ]
+    sources = chosen.assign(source=chosen["pair"].str.split(":").str[0])
+    mixed = sorted(b for b, g in sources.groupby("behavior") if g["source"].nunique() > 1)
+    if mixed:
+        blocks.append(
+            Block(
+                "text",
+                f"In {', '.join(mixed)} the methods chose different source blocks: their "
+                "vectors live in different residual streams, so the vector geometry's "
+                "cosines between those methods compare directions of different spaces.",
+            )
+        )
     for behavior, screen in screens.groupby("behavior", sort=False):
         table, cost = screen_summary(screen)
         path = run_dir / f"screen_{behavior}.png"
