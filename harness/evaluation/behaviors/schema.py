@@ -152,13 +152,33 @@ class LayerCandidatesFile(BaseModel):
     candidates: str
 
 
-LayerCandidates = (
-    Literal["auto"]
-    | Annotated[list[Annotated[str, BeforeValidator(_check_pair)]], Field(min_length=1)]
-    | LayerRange
-    | LayerCandidatesFile
-    | None
+_LAYERS_FORMS = (
+    "write auto, a list of 'SOURCE:TARGET' pairs such as ['1:4'], "
+    "{sources: [...], targets: [...]} or {candidates: FILE}"
 )
+
+
+def _check_layers(value: object) -> object:
+    """One clear error for ``steering.layers`` instead of one per form of the union."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"the list of pairs is empty; {_LAYERS_FORMS}")
+        return [_check_pair(item) for item in value]
+    if isinstance(value, dict):
+        if set(value) == {"candidates"}:
+            return LayerCandidatesFile.model_validate(value)
+        if set(value) == {"sources", "targets"}:
+            return LayerRange.model_validate(value)
+        raise ValueError(f"keys {sorted(value)} are not a form of layers; {_LAYERS_FORMS}")
+    raise ValueError(f"{value!r} is not a form of layers; {_LAYERS_FORMS}")
+
+
+LayerCandidates = Annotated[
+    Literal["auto"] | list[str] | LayerRange | LayerCandidatesFile | None,
+    BeforeValidator(_check_layers),
+]
 # NaN or infinity is refused where it is written: a NaN scale steers by NaN and the cells
 # come back as plausible-looking garbage.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
