@@ -38,7 +38,7 @@ from harness.errors import PowersteerError
 from harness.evaluation.analysis import select_cells
 from harness.evaluation.behaviors import Behavior
 from harness.evaluation.cache import content_key
-from harness.evaluation.cells import UNSTEERED, Cell
+from harness.evaluation.cells import UNSTEERED, Cell, rows_of
 from harness.files import atomic_write, atomic_write_json
 
 # The screen is a ranking, not a result: a few solver steps for two vectors per pair
@@ -185,12 +185,7 @@ def rows_at_pair(rows: pd.DataFrame, pair: Pair) -> pd.DataFrame:
 def cell_objective(rows: pd.DataFrame, metric: str, cell: Cell) -> float:
     """The selection objective of one cell on ``rows``: the coherent success rate for a
     success metric, else the mean score (the rule of :func:`select_cells`)."""
-    part = rows[
-        (rows["method"] == cell.method)
-        & (rows["vector"] == cell.vector)
-        & (rows["sign"] == cell.sign)
-        & (rows["scale"] == cell.scale)
-    ]
+    part = rows_of(rows, cell)
     if metric == "success":
         return float((part["success"].astype(bool) & part["coherent"]).mean())
     return float(part["score"].astype(float).mean())

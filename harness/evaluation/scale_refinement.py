@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from harness.evaluation.analysis import select_cells
-from harness.evaluation.cells import Cell
+from harness.evaluation.cells import Cell, rows_of
 
 # A cell "breaks coherence" when fewer than half its outputs are coherent: the threshold
 # select_cells uses for score metrics.
@@ -24,12 +24,7 @@ COHERENT_CELL_FRACTION = 0.5
 
 def coherent_fraction(rows: pd.DataFrame, cell: Cell) -> float:
     """The coherent share of ``cell``'s rows (NaN when it has none)."""
-    part = rows[
-        (rows["method"] == cell.method)
-        & (rows["vector"] == cell.vector)
-        & (rows["sign"] == cell.sign)
-        & (rows["scale"] == cell.scale)
-    ]
+    part = rows_of(rows, cell)
     return float(part["coherent"].astype(bool).mean()) if len(part) else float("nan")
 
 
@@ -68,11 +63,6 @@ def refine_scale(
         else:
             high = middle.scale
     probed = pd.concat(frames, ignore_index=True)
-    at_chosen = select_rows[
-        (select_rows["method"] == chosen.method)
-        & (select_rows["vector"] == chosen.vector)
-        & (select_rows["sign"] == chosen.sign)
-        & (select_rows["scale"] == chosen.scale)
-    ]
+    at_chosen = rows_of(select_rows, chosen)
     refined = select_cells(pd.concat([at_chosen, probed], ignore_index=True), metric)
     return refined[chosen.method], probed
