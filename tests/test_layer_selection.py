@@ -216,6 +216,12 @@ def test_auto_pair_reaches_the_supervised_effect_at_the_planted_block(auto_run):
     assert set(zip(test_pairs.source_layer, test_pairs.target_layer, strict=True)) == {
         sweep.pairs["caa"]
     }
+    report = result.report.read_text()
+    source, target = sweep.pairs["caa"]
+    assert "## Where to steer" in report
+    assert f"| auto | caa | {source}:{target} |" in report
+    assert "The screen of 15 pairs cost" in report
+    assert (result.run_dir / "screen_auto.png").is_file()
 
 
 @pytest.mark.slow
