@@ -120,7 +120,7 @@ def sweep_behavior(
     }  # fmt: skip
     scales = [s for s in behavior.steering.scales if s != 0]
     frames = [
-        arm.run("select", ([UNSTEERED_CELL] if i == 0 else []) + arm.grid_cells(scales))
+        arm.run("select", arm.grid_cells(scales), unsteered=i == 0)
         for i, arm in enumerate(arms.values())
     ]
     select_frame = pd.concat(frames, ignore_index=True)
@@ -141,7 +141,7 @@ def sweep_behavior(
             at_pair, cell, scales, behavior.steering.refine_steps, scorer.metric, probe
         )
     first = next(iter(arms.values()))
-    test_frames = [first.run("test", [UNSTEERED_CELL])]
+    test_frames = [first.run("test", [], unsteered=True)]
     for method, cell in selection.items():
         test_scales = sorted({*scales, cell.scale})
         arm = arms[chosen[method][0]]
@@ -217,8 +217,14 @@ class _Arm:
             for scale in scales
         ]
 
-    def run(self, split: str, cells: list[Cell]) -> pd.DataFrame:
+    def run(self, split: str, cells: list[Cell], *, unsteered: bool = False) -> pd.DataFrame:
+        """The rows of ``cells`` on ``split``; the unsteered rows only with ``unsteered``.
+        The unsteered cell always runs (cached), since a paired scorer judges each steered
+        row against the unsteered row of its prompt in the same frame."""
+        cells = [UNSTEERED_CELL, *(c for c in cells if c != UNSTEERED_CELL)]
         frame = self.runner.run(split, cells, self.progress)
+        if not unsteered:
+            frame = frame[frame["method"] != UNSTEERED].reset_index(drop=True)
         frame["source_layer"] = self.prepared.source
         frame["target_layer"] = self.prepared.target
         frame["refinement"] = False
