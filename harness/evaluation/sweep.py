@@ -219,9 +219,10 @@ class _Arm:
 
     def run(self, split: str, cells: list[Cell], *, unsteered: bool = False) -> pd.DataFrame:
         """The rows of ``cells`` on ``split``; the unsteered rows only with ``unsteered``.
-        The unsteered cell always runs (cached), since a paired scorer judges each steered
-        row against the unsteered row of its prompt in the same frame."""
-        cells = [UNSTEERED_CELL, *(c for c in cells if c != UNSTEERED_CELL)]
+        A paired scorer judges each steered row against the unsteered row of its prompt in
+        the same frame, so for one the unsteered cell always runs (cached after once)."""
+        if unsteered or isinstance(self.runner.scorer, PairedScorer):
+            cells = [UNSTEERED_CELL, *(c for c in cells if c != UNSTEERED_CELL)]
         frame = self.runner.run(split, cells, self.progress)
         if not unsteered:
             frame = frame[frame["method"] != UNSTEERED].reset_index(drop=True)
