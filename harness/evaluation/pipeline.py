@@ -37,6 +37,7 @@ from harness.evaluation.cache import ResultCache, model_fingerprint
 from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.checks import check_before_run
 from harness.evaluation.coherence import mark_coherent
+from harness.evaluation.executors import Executor
 from harness.evaluation.layer_selection import at_measured_pair, write_screens
 from harness.evaluation.report import write_report
 from harness.evaluation.run_dir import (

@@ -37,6 +37,7 @@ from harness.evaluation.behaviors import Behavior
 from harness.evaluation.cache import ResultCache, content_key, model_fingerprint, tensor_digest
 from harness.evaluation.cells import UNSTEERED, UNSTEERED_CELL, Cell
 from harness.evaluation.coherence import mark_coherent
+from harness.evaluation.executors import Executor, LocalExecutor
 from harness.evaluation.layer_selection import (
     Screen,
     candidate_pairs,
@@ -92,7 +93,8 @@ def sweep_behavior(
     """Run both phases of the sweep for ``behavior``; see the module docstring. With
     ``steering.layers`` the select phase runs on each pair the screen keeps
     (:mod:`harness.evaluation.layer_selection`); with ``steering.refine_steps`` each
-    method's scale is refined (:mod:`harness.evaluation.scale_refinement`)."""
+    method's scale is refined (:mod:`harness.evaluation.scale_refinement`). The
+    ``executor`` evaluates uncached cell batches (default: this process)."""
     prepared = prepare_behavior(lm, behavior)
     scorer = behavior.make_scorer()
     fingerprint = model_fingerprint(lm)
@@ -118,6 +120,8 @@ def sweep_behavior(
                    fingerprint, seed, batch_rows, progress)
         for pair in pairs
     }  # fmt: skip
+    for arm in arms.values():
+        arm.runner.executor = executor or LocalExecutor()
     scales = [s for s in behavior.steering.scales if s != 0]
     frames = [
         arm.run("select", arm.grid_cells(scales), unsteered=i == 0)
