@@ -349,3 +349,27 @@ def pair_matrix(pairs: Sequence[Pair], values: Sequence[float], n_layers: int) -
     for (source, target), value in zip(pairs, values, strict=True):
         matrix[source, target] = float(value)
     return matrix
+
+
+def rank_pairs(result: SensitivityMap, kl: pd.DataFrame) -> pd.DataFrame:
+    """The map's pairs ranked for steering, best first: one row per pair with ``source``,
+    ``target``, ``sigma1``, ``kl``, ``changed`` and ``rank`` (0 is best).
+
+    Ranked by ``kl`` (:func:`next_token_kl` of the pair's top vector), largest first: it is
+    in nats of the output distribution, comparable across pairs, whereas σ₁ grows with the
+    residual norm at the target and so favours deep targets whatever they do to the output.
+    Ties go to the larger σ₁, then the earlier pair.
+    """
+    sigma = pd.DataFrame(
+        {
+            "source": [s for s, _ in result.pairs],
+            "target": [t for _, t in result.pairs],
+            "sigma1": result.singular_values[:, 0].tolist(),
+        }
+    )
+    table = sigma.merge(kl[["source", "target", "kl", "changed"]], on=["source", "target"])
+    table = table.sort_values(
+        ["kl", "sigma1", "source", "target"], ascending=[False, False, True, True]
+    ).reset_index(drop=True)
+    table["rank"] = range(len(table))
+    return table

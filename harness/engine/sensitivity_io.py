@@ -19,7 +19,7 @@ import torch
 from harness.engine.safetensors_io import DamagedFile, read_checked, read_header, write_checked
 from harness.engine.sensitivity import MapState, SensitivityMap
 from harness.errors import PowersteerError, PowersteerWarning
-from harness.files import atomic_write
+from harness.files import atomic_write, atomic_write_json
 
 MAP_FILE = "map.safetensors"
 TABLE_FILE = "map.parquet"
@@ -190,3 +190,46 @@ def _discard(path: Path, reason: str) -> None:
     )
     path.unlink(missing_ok=True)
     return None
+
+
+CANDIDATES_VERSION = 1
+
+
+def write_candidates(path: str | os.PathLike[str], ranked: Any, keep: int, **metadata: Any) -> Path:
+    """Write the best ``keep`` pairs of a :func:`~harness.engine.sensitivity.rank_pairs`
+    table as a candidates file (JSON) that a behavior names with
+    ``steering.layers: {candidates: FILE}``; the whole ranked table rides along."""
+    if keep < 1:
+        raise PowersteerError(f"--keep {keep}: keep at least one pair")
+    rows = json.loads(ranked.to_json(orient="records"))  # plain numbers, not numpy scalars
+    document = {
+        "powersteer_candidates": CANDIDATES_VERSION,
+        "pairs": [f"{int(r['source'])}:{int(r['target'])}" for r in rows[:keep]],
+        "ranked": rows,
+        **metadata,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(path, document, indent=1)
+
+
+def read_candidates(path: str | os.PathLike[str]) -> list[str]:
+    """The ``SOURCE:TARGET`` pairs of a candidates file written by :func:`write_candidates`."""
+    path = Path(path)
+    fix = "write one with `powersteer map --candidates-out FILE --keep N`"
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PowersteerError(f"{path}: no such candidates file; {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PowersteerError(f"{path}: unreadable candidates file ({error}); {fix}") from None
+    pairs = document.get("pairs") if isinstance(document, dict) else None
+    if (
+        not isinstance(document, dict)
+        or document.get("powersteer_candidates") != CANDIDATES_VERSION
+        or not isinstance(pairs, list)
+        or not pairs
+        or not all(isinstance(p, str) for p in pairs)
+    ):
+        raise PowersteerError(f"{path}: not a powersteer candidates file (key pairs); {fix}")
+    return pairs

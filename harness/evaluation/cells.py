@@ -7,6 +7,7 @@ labels them; none of those should import another to learn what a cell is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 UNSTEERED = "unsteered"
 """The ``method`` of rows generated without steering (scale 0)."""
@@ -26,3 +27,13 @@ class Cell:
 
 
 UNSTEERED_CELL = Cell(UNSTEERED, -1, 0, 0.0)
+
+
+def rows_of(rows: Any, cell: Cell) -> Any:
+    """The rows of a results frame (a ``pandas.DataFrame``) that belong to ``cell``."""
+    return rows[
+        (rows["method"] == cell.method)
+        & (rows["vector"] == cell.vector)
+        & (rows["sign"] == cell.sign)
+        & (rows["scale"] == cell.scale)
+    ]

@@ -29,6 +29,7 @@ from harness.evaluation.behaviors import (
     check_row_fields,
     check_scorer_fits,
 )
+from harness.evaluation.layer_selection import candidate_pairs
 from harness.evaluation.preparation import PreparedBehavior, prepare_behavior
 from harness.evaluation.scoring import check_extra_names
 
@@ -37,6 +38,8 @@ def check_behavior_for_model(lm: LanguageModel, behavior: Behavior) -> PreparedB
     """``behavior`` checked against ``lm`` without running user code; its prepared form."""
     prepared = prepare_behavior(lm, behavior)  # layers, chat template, 2 prompts, lengths
     steering = behavior.steering
+    if steering.layers is not None:
+        candidate_pairs(behavior, lm.n_layers)  # a missing candidates file, a pair past depth
     wanting = [m for m in steering.methods if not method_info(m).supervised]
     if wanting and steering.num_vectors > lm.d_model:
         raise PowersteerError(

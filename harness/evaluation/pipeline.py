@@ -38,6 +38,7 @@ from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.checks import check_before_run
 from harness.evaluation.coherence import mark_coherent
 from harness.evaluation.executors import Executor
+from harness.evaluation.layer_selection import at_measured_pair, write_screens
 from harness.evaluation.report import write_report
 from harness.evaluation.run_dir import (
     CACHE_DIR,
@@ -167,6 +168,7 @@ def _behaviors_to_run(
 
 def _save_run(run_dir: Path, results: pd.DataFrame, sweeps: Sequence[BehaviorSweep]) -> None:
     write_results(run_dir, results)
+    write_screens(run_dir, {s.behavior.name: s.screen for s in sweeps if s.screen is not None})
     save_vector_sets(
         run_dir / VECTORS_FILE,
         {f"{s.behavior.name}/{m}": v for s in sweeps for m, v in s.vectors.items()},
@@ -208,6 +210,7 @@ def _rescore(run_dir: Path, behavior: Behavior, behavior_file: Path) -> Path:
         .groupby("method")[["vector", "sign"]]
         .first()
     )
+    select = select[at_measured_pair(select, part)]  # steering.layers: the pair measured
     kept = {str(m): (int(r.vector), int(r.sign)) for m, r in measured.iterrows()}
     selection = select_cells(select, scorer.metric, keep_vectors=kept)
     free = select_cells(select, scorer.metric)
@@ -309,16 +312,20 @@ def summary_lines(result: RunResult) -> list[str]:
 
 def _selection_metadata(sweep: BehaviorSweep, method: str) -> dict:
     chosen = sweep.selection.get(method)
+    scale_unit = sweep.scale_units.get(method, sweep.scale_unit)
+    pair = sweep.pairs.get(method)
     return {
         "behavior": sweep.behavior.name,
-        "scale_unit": sweep.scale_unit,
+        "scale_unit": scale_unit,
+        "source_layer": pair[0] if pair else None,
+        "target_layer": pair[1] if pair else None,
         "selected": None
         if chosen is None
         else {
             "vector": chosen.vector,
             "sign": chosen.sign,
             "scale": chosen.scale,
-            "raw_scale": chosen.sign * chosen.scale * sweep.scale_unit,
+            "raw_scale": chosen.sign * chosen.scale * scale_unit,
         },
     }
 

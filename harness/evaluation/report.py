@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from harness.engine.methods import ranked_methods
+from harness.engine.sensitivity import pair_matrix
 from harness.evaluation.analysis import (
     comparisons,
     cost_table,
@@ -31,6 +32,7 @@ from harness.evaluation.analysis import (
 )
 from harness.evaluation.cells import UNSTEERED
 from harness.evaluation.geometry import geometry_report, read_vectors
+from harness.evaluation.layer_selection import chosen_pairs, read_screens, screen_summary
 from harness.evaluation.report_notes import identifiability_text, underpowered_text
 from harness.evaluation.report_tables import (
     format_capability,
@@ -75,7 +77,10 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     plots = _plots(run_dir, results, vector_metadata)
     capability = read_capability(run_dir)
     vectors = read_vectors(run_dir)
-    blocks = build_blocks(results, vector_metadata, manifest, plots, capability, vectors)
+    blocks = build_blocks(
+        results, vector_metadata, manifest, plots, capability, vectors,
+        where_to_steer=where_to_steer_blocks(run_dir, results),
+    )  # fmt: skip
     markdown = render_markdown(blocks)
     atomic_write_text(run_dir / REPORT_FILE, markdown)
     atomic_write_text(run_dir / HTML_REPORT_FILE, render_html(blocks, run_dir))
@@ -89,9 +94,11 @@ def build_blocks(
     plots: dict[str, Path] | None = None,
     capability: dict | None = None,
     vectors: dict[str, torch.Tensor] | None = None,
+    where_to_steer: list[Block] | None = None,
 ) -> list[Block]:
     """The whole report as blocks, in reading order; ``vectors`` (each ``behavior/method``
-    set's rows) add each behavior's vector geometry."""
+    set's rows) add each behavior's vector geometry, ``where_to_steer`` the layer screen
+    (:func:`where_to_steer_blocks`)."""
     plots = plots or {}
     tests = comparisons(results)
     costs = cost_table(vector_metadata)
@@ -103,6 +110,7 @@ def build_blocks(
     ]
     for behavior, rows in results.groupby("behavior", sort=False):
         blocks.extend(_behavior_blocks(str(behavior), rows, vector_metadata, tests, vectors or {}))
+    blocks.extend(where_to_steer or [])
     blocks.extend(_cost_blocks(costs, plots))
     blocks.extend(_capability_blocks(capability))
     blocks.extend(_reading_blocks())
@@ -331,6 +339,55 @@ def _behavior_blocks(
                     ),
                 )
             )
+    return blocks
+
+
+def where_to_steer_blocks(run_dir: Path, results: pd.DataFrame) -> list[Block]:
+    """The "Where to steer" section: each behavior's screen (table, heat map of the KL,
+    cost) and the pair each method chose; nothing for a run without ``steering.layers``."""
+    screens = read_screens(run_dir)
+    if screens is None:
+        return []
+    from harness.evaluation.plots import plot_pair_heatmap  # pyplot loads only to plot
+
+    chosen = chosen_pairs(results)
+    blocks = [
+        Block("heading", "Where to steer"),
+        Block(
+            "text",
+            "Candidate layer pairs screened on the select prompts (σ₁ of the Jacobian and the "
+            "next-token KL of the pair's top vector at ± the screen scale, ranked by KL); the "
+            "kept pairs got the full sweep, and each method chose its pair, vector, sign and "
+            "scale on the select prompts. The test prompts informed none of it.",
+        ),
+        Block("table", chosen),
+    ]
+    sources = chosen.assign(source=chosen["pair"].str.split(":").str[0])
+    mixed = sorted(b for b, g in sources.groupby("behavior") if g["source"].nunique() > 1)
+    if mixed:
+        blocks.append(
+            Block(
+                "text",
+                f"In {', '.join(mixed)} the methods chose different source blocks: their "
+                "vectors live in different residual streams, so the vector geometry's "
+                "cosines between those methods compare directions of different spaces.",
+            )
+        )
+    for behavior, screen in screens.groupby("behavior", sort=False):
+        table, cost = screen_summary(screen)
+        path = run_dir / f"screen_{behavior}.png"
+        matrix = pair_matrix(
+            list(zip(screen.source, screen.target, strict=True)),
+            screen["kl"].tolist(),
+            int(max(screen.target)) + 1,
+        )
+        plot_pair_heatmap(matrix, path, label="KL (nats)", title=f"{behavior}: screen")
+        blocks += [
+            Block("heading", f"{behavior}: screen", 3),
+            Block("text", cost),
+            Block("table", table),
+            Block("image", path),
+        ]
     return blocks
 
 

@@ -19,7 +19,7 @@ generation scorer reuses every generation.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -33,13 +33,20 @@ from harness.engine.prompts import encode_prompts
 from harness.engine.steering import scale_unit as measure_scale_unit
 from harness.engine.steering import steer
 from harness.errors import PowersteerError
-from harness.evaluation.analysis import select_cells
 from harness.evaluation.behaviors import Behavior
 from harness.evaluation.cache import ResultCache, content_key, model_fingerprint, tensor_digest
 from harness.evaluation.cells import UNSTEERED, UNSTEERED_CELL, Cell
 from harness.evaluation.coherence import mark_coherent
 from harness.evaluation.executors import Executor, LocalExecutor
+from harness.evaluation.layer_selection import (
+    Screen,
+    candidate_pairs,
+    choose_pairs,
+    rows_at_pair,
+    screen_pairs,
+)
 from harness.evaluation.preparation import PreparedBehavior, prepare_behavior
+from harness.evaluation.scale_refinement import refine_scale
 from harness.evaluation.scorers import (
     GenerationScorer,
     Scorer,
@@ -68,6 +75,9 @@ class BehaviorSweep:
     cells_computed: int = 0
     cells_reused: int = 0
     notes: list[str] = field(default_factory=list)
+    screen: Screen | None = None  # with steering.layers: the screen of the candidate pairs
+    pairs: dict[str, tuple[int, int]] = field(default_factory=dict)  # method -> its pair
+    scale_units: dict[str, float] = field(default_factory=dict)  # method -> at its source
 
 
 def sweep_behavior(
@@ -80,55 +90,150 @@ def sweep_behavior(
     progress: bool = True,
     executor: Executor | None = None,
 ) -> BehaviorSweep:
-    """Run both phases of the sweep for ``behavior``; see the module docstring. The
+    """Run both phases of the sweep for ``behavior``; see the module docstring. With
+    ``steering.layers`` the select phase runs on each pair the screen keeps
+    (:mod:`harness.evaluation.layer_selection`); with ``steering.refine_steps`` each
+    method's scale is refined (:mod:`harness.evaluation.scale_refinement`). The
     ``executor`` evaluates uncached cell batches (default: this process)."""
     prepared = prepare_behavior(lm, behavior)
     scorer = behavior.make_scorer()
     fingerprint = model_fingerprint(lm)
-    select_batch = encode_prompts(lm, prepared.split_prompts("select"))
-    scale_unit = measure_scale_unit(lm, select_batch, prepared.source)
-    vectors = {
-        method: _method_vectors(lm, prepared, method, cache, fingerprint, seed, progress)
-        for method in behavior.steering.methods
-    }
-    runner = _CellRunner(lm, prepared, scorer, cache, fingerprint, vectors, scale_unit, batch_rows)
-    runner.extras = behavior.make_extra_scorers()
-    attach_cache([scorer, *runner.extras], cache)
-    runner.executor = executor or LocalExecutor()
+    screen = None
+    pairs = [(prepared.source, prepared.target)]
+    if behavior.steering.layers is not None:
+        screen = screen_pairs(
+            lm,
+            prepared.split_prompts("select"),
+            candidate_pairs(behavior, lm.n_layers),
+            scale=behavior.steering.screen_scale,
+            keep=behavior.steering.screen_keep,
+            cache_root=cache.root,
+            fingerprint=fingerprint,
+            seed=seed,
+            target_tokens=behavior.steering.target_tokens,
+            progress=progress,
+            name=behavior.name,
+        )
+        pairs = screen.kept
+    arms = {
+        pair: _Arm(lm, replace(prepared, source=pair[0], target=pair[1]), scorer, cache,
+                   fingerprint, seed, batch_rows, progress)
+        for pair in pairs
+    }  # fmt: skip
+    for arm in arms.values():
+        arm.runner.executor = executor or LocalExecutor()
     scales = [s for s in behavior.steering.scales if s != 0]
-    select_cells_list = [UNSTEERED_CELL] + [
-        Cell(method, index, sign, scale)
-        for method, result in vectors.items()
-        for index in range(result.num_vectors)
-        for sign in (1, -1)
-        for scale in scales
+    frames = [
+        arm.run("select", arm.grid_cells(scales), unsteered=i == 0)
+        for i, arm in enumerate(arms.values())
     ]
-    select_frame = runner.run("select", select_cells_list, progress)
+    select_frame = pd.concat(frames, ignore_index=True)
     mark_coherent(select_frame, behavior)
-    selection = select_cells(select_frame, scorer.metric) if scales else {}
-    test_cells = [UNSTEERED_CELL] + [
-        Cell(method, chosen.vector, chosen.sign, scale)
-        for method, chosen in selection.items()
-        for scale in scales
-    ]
-    test_frame = runner.run("test", test_cells, progress)
-    results = pd.concat([select_frame, test_frame], ignore_index=True)
+    chosen = choose_pairs(select_frame, scorer.metric, pairs) if scales else {}
+    selection: dict[str, Cell] = {}
+    for method, (pair, cell) in chosen.items():
+
+        def probe(cell: Cell, arm: _Arm = arms[pair]) -> pd.DataFrame:
+            nonlocal select_frame
+            rows = arm.run("select", [cell])
+            select_frame = pd.concat([select_frame, rows], ignore_index=True)
+            mark_coherent(select_frame, behavior)
+            return select_frame.iloc[len(select_frame) - len(rows) :]
+
+        at_pair = rows_at_pair(select_frame, pair)
+        selection[method], _ = refine_scale(
+            at_pair, cell, scales, behavior.steering.refine_steps, scorer.metric, probe
+        )
+    first = next(iter(arms.values()))
+    test_frames = [first.run("test", [], unsteered=True)]
+    for method, cell in selection.items():
+        test_scales = sorted({*scales, cell.scale})
+        arm = arms[chosen[method][0]]
+        test_frames.append(
+            arm.run("test", [Cell(method, cell.vector, cell.sign, s) for s in test_scales])
+        )
+    results = pd.concat([select_frame, *test_frames], ignore_index=True)
+    results["refinement"] = ~results["scale"].isin([0, *scales])
     results["selected_scale"] = results["method"].map(
         {method: chosen.scale for method, chosen in selection.items()}
     )
     chosen_vector = results["method"].map({m: c.vector for m, c in selection.items()})
     chosen_sign = results["method"].map({m: c.sign for m, c in selection.items()})
-    results["selected"] = (results["vector"] == chosen_vector) & (results["sign"] == chosen_sign)
+    chosen_source = results["method"].map({m: p[0] for m, (p, _) in chosen.items()})
+    chosen_target = results["method"].map({m: p[1] for m, (p, _) in chosen.items()})
+    results["selected"] = (
+        (results["vector"] == chosen_vector)
+        & (results["sign"] == chosen_sign)
+        & (results["source_layer"] == chosen_source)
+        & (results["target_layer"] == chosen_target)
+    )
     mark_coherent(results, behavior)
+    method_arms = {m: arms[pair] for m, (pair, _) in chosen.items()}
+    vectors = {method: method_arms.get(method, first).vectors[method] for method in first.vectors}
     return BehaviorSweep(
         behavior=behavior,
         results=results,
         vectors=vectors,
-        scale_unit=scale_unit,
+        scale_unit=first.scale_unit,
         selection=selection,
-        cells_computed=runner.computed,
-        cells_reused=runner.reused,
+        cells_computed=sum(arm.runner.computed for arm in arms.values()),
+        cells_reused=sum(arm.runner.reused for arm in arms.values()),
+        screen=screen,
+        pairs={m: pair for m, (pair, _) in chosen.items()},
+        scale_units={m: method_arms.get(m, first).scale_unit for m in first.vectors},
     )
+
+
+class _Arm:
+    """One layer pair of a sweep: its scale unit, each method's vectors there, and the
+    runner of its cells; every row it returns carries the pair."""
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        prepared: PreparedBehavior,
+        scorer: Scorer,
+        cache: ResultCache,
+        fingerprint: str,
+        seed: int,
+        batch_rows: int,
+        progress: bool,
+    ) -> None:
+        self.prepared, self.progress = prepared, progress
+        select_batch = encode_prompts(lm, prepared.split_prompts("select"))
+        self.scale_unit = measure_scale_unit(lm, select_batch, prepared.source)
+        self.vectors = {
+            method: _method_vectors(lm, prepared, method, cache, fingerprint, seed, progress)
+            for method in prepared.behavior.steering.methods
+        }
+        self.runner = _CellRunner(
+            lm, prepared, scorer, cache, fingerprint, self.vectors, self.scale_unit, batch_rows
+        )
+        self.runner.extras = prepared.behavior.make_extra_scorers()
+        attach_cache([scorer, *self.runner.extras], cache)
+
+    def grid_cells(self, scales: list[float]) -> list[Cell]:
+        return [
+            Cell(method, index, sign, scale)
+            for method, result in self.vectors.items()
+            for index in range(result.num_vectors)
+            for sign in (1, -1)
+            for scale in scales
+        ]
+
+    def run(self, split: str, cells: list[Cell], *, unsteered: bool = False) -> pd.DataFrame:
+        """The rows of ``cells`` on ``split``; the unsteered rows only with ``unsteered``.
+        A paired scorer judges each steered row against the unsteered row of its prompt in
+        the same frame, so for one the unsteered cell always runs (cached after once)."""
+        if unsteered or isinstance(self.runner.scorer, PairedScorer):
+            cells = [UNSTEERED_CELL, *(c for c in cells if c != UNSTEERED_CELL)]
+        frame = self.runner.run(split, cells, self.progress)
+        if not unsteered:
+            frame = frame[frame["method"] != UNSTEERED].reset_index(drop=True)
+        frame["source_layer"] = self.prepared.source
+        frame["target_layer"] = self.prepared.target
+        frame["refinement"] = False
+        return frame
 
 
 def score_generations(

@@ -32,6 +32,14 @@ anywhere is an error)::
       methods: [power, melbo, random] # from power, melbo, random, caa (caa needs contrast)
       source_layer: 0.25              # block index (negative from the end) or fraction
       target_layer: 0.75              # must lie after source_layer
+      # layers: auto                  # instead: choose the pair by data on the select
+                                      # prompts (harness.evaluation.layer_selection) from
+                                      # auto, ['1:4', '0.25:0.75'], {sources: [..],
+                                      # targets: [..]} or {candidates: FILE} (powersteer map
+                                      # --candidates-out FILE)
+      # screen_keep: 3                # pairs the screen keeps for the full sweep
+      # screen_scale: 1.0             # the screen's ±scale for next-token KL
+      # refine_steps: 0               # bisection steps at a coherence cliff (scale_refinement)
       num_vectors: 8
       scales: [0, 0.5, 1, 2, 4, 8]    # multiples of the median residual norm at the source
       target_tokens: all_but_first    # target positions: all, all_but_first (default) or
@@ -107,6 +115,70 @@ def _check_layer(value: object) -> object:
 
 
 Layer = Annotated[int | float, BeforeValidator(_check_layer)]
+
+
+def _check_pair(value: object) -> object:
+    """A candidate pair is ``"SOURCE:TARGET"``, each side a layer as :func:`_check_layer`."""
+    source, separator, target = str(value).partition(":")
+    if not isinstance(value, str) or not separator:
+        raise ValueError(f"{value!r} is not a 'SOURCE:TARGET' pair; write e.g. '1:4'")
+    for side in (source, target):
+        try:
+            number: int | float = int(side)
+        except ValueError:
+            try:
+                number = float(side)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r}: {side!r} is neither a block index nor a fraction of depth"
+                ) from None
+        _check_layer(number)
+    return value
+
+
+class LayerRange(BaseModel):
+    """``layers: {sources: [...], targets: [...]}``: every source with every later target."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[Layer] = Field(min_length=1)
+    targets: list[Layer] = Field(min_length=1)
+
+
+class LayerCandidatesFile(BaseModel):
+    """``layers: {candidates: FILE}``: the pairs ``powersteer map --candidates-out`` wrote
+    (relative to the behavior file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    candidates: str
+
+
+_LAYERS_FORMS = (
+    "write auto, a list of 'SOURCE:TARGET' pairs such as ['1:4'], "
+    "{sources: [...], targets: [...]} or {candidates: FILE}"
+)
+
+
+def _check_layers(value: object) -> object:
+    """One clear error for ``steering.layers`` instead of one per form of the union."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"the list of pairs is empty; {_LAYERS_FORMS}")
+        return [_check_pair(item) for item in value]
+    if isinstance(value, dict):
+        if set(value) == {"candidates"}:
+            return LayerCandidatesFile.model_validate(value)
+        if set(value) == {"sources", "targets"}:
+            return LayerRange.model_validate(value)
+        raise ValueError(f"keys {sorted(value)} are not a form of layers; {_LAYERS_FORMS}")
+    raise ValueError(f"{value!r} is not a form of layers; {_LAYERS_FORMS}")
+
+
+LayerCandidates = Annotated[
+    Literal["auto"] | list[str] | LayerRange | LayerCandidatesFile | None,
+    BeforeValidator(_check_layers),
+]
 # NaN or infinity is refused where it is written: a NaN scale steers by NaN and the cells
 # come back as plausible-looking garbage.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -178,6 +250,10 @@ class Steering(_Section):
         int | Literal["all", "all_but_first"] | None, BeforeValidator(_check_target_tokens)
     ] = Field(default=None, validate_default=True)
     options: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
+    layers: LayerCandidates = None
+    screen_keep: int = Field(default=3, ge=1)
+    screen_scale: FiniteFloat = Field(default=1.0, gt=0.0)
+    refine_steps: int = Field(default=0, ge=0, le=12)
 
     @model_validator(mode="after")
     def _consistent(self) -> Steering:

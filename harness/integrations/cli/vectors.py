@@ -139,6 +139,17 @@ def add_map_command(commands: argparse._SubParsersAction) -> None:
         "its source and record the KL divergence of the next-token distribution",
     )
     mapping.add_argument(
+        "--candidates-out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --kl-scale: write the --keep best pairs (ranked by KL) as a candidates "
+        "file a behavior names with steering.layers: {candidates: FILE}",
+    )
+    mapping.add_argument(
+        "--keep", type=int, default=3, help="pairs kept in --candidates-out (default 3)"
+    )
+    mapping.add_argument(
         "--max-rows",
         type=int,
         default=None,
@@ -268,6 +279,10 @@ def _run_map(args: argparse.Namespace) -> int:
     from harness.engine.sensitivity_io import map_directory
 
     out = args.out or Path("reports") / f"map-{Path(str(args.model)).name}"
+    if args.candidates_out is not None and args.kl_scale is None:
+        raise PowersteerError(
+            "--candidates-out ranks pairs by next-token KL; give --kl-scale too (e.g. 1.0)"
+        )
     require_directory(out)
     lm, prompts = _model_and_prompts(args)
     pairs = parse_pairs(args.pairs, lm.n_layers)
@@ -355,6 +370,15 @@ def _map_outputs(
         strongest = table.loc[table["kl"].idxmax()]
         summary["largest_kl"] = {"pair": f"{int(strongest.source)}:{int(strongest.target)}",
                                  "kl": round(float(strongest.kl), 4)}  # fmt: skip
+        if args.candidates_out is not None:
+            from harness.engine.sensitivity import rank_pairs
+            from harness.engine.sensitivity_io import write_candidates
+
+            written = write_candidates(
+                args.candidates_out, rank_pairs(result, table), args.keep,
+                model=str(args.model), kl_scale=args.kl_scale, n_prompts=len(prompts),
+            )  # fmt: skip
+            summary["candidates"] = str(written)
     return summary
 
 
