@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from huggingface_hub import constants, snapshot_download
 from tqdm.auto import tqdm
 
+from harness.engine.catalogue.adapters import merge_adapter, merged_dir
 from harness.engine.catalogue.conversion import (
     CHUNK_BYTES,
     convert_gguf,
@@ -98,6 +99,10 @@ def cached_path(entry: CatalogueEntry | str) -> Path | None:
     if entry.bundled:
         directory = ORGANISM_DIR
         return directory if (directory / "config.json").is_file() else None
+    if entry.base_model and entry.adapter_dir:
+        base = cached_path(entry.base_model)
+        merged = merged_dir(base, entry.adapter_dir) if base is not None else None
+        return merged if merged is not None and is_complete(merged) else None
     snapshot = _local_hub_snapshot(entry)
     if snapshot is not None:
         return snapshot
@@ -152,6 +157,11 @@ def fetch(name: str, *, progress: bool = True, use_hub: bool = True) -> Path:
                 "them with `powersteer organism train`"
             )
         return directory
+    if entry.base_model and entry.adapter_dir:
+        base = cached_path(entry.base_model) or fetch(
+            entry.base_model, progress=progress, use_hub=use_hub
+        )
+        return merge_adapter(base, entry.adapter_dir)
     reasons: list[str] = []
     if use_hub and entry.hub_id:
         try:

@@ -1,0 +1,178 @@
+"""Train the refusal LoRA adapter of ``smollm2-135m-refusal`` on CPU, seeded.
+
+    python -m harness.integrations.refusal_model.train [--answers-only]
+
+First (once, or with ``--answers-only``) the base model answers ``data/harmless_train.txt``
+greedily; those answers are committed as ``data/harmless_answers.jsonl``. Then a rank-8
+LoRA on the query and value projections of blocks 8-19 is trained with the loss on reply
+tokens only, and saved to ``adapter/`` with ``training_log.json`` (seed, losses, seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from harness.engine.generation import generate
+from harness.engine.models import LanguageModel, load_model
+from harness.engine.prompts import format_chat
+from harness.files import atomic_write_json
+from harness.integrations.refusal_model import ADAPTER_DIR, BASE_MODEL
+from harness.integrations.refusal_model.data import (
+    HARMLESS_ANSWERS_FILE,
+    Example,
+    read_lines,
+    training_examples,
+    write_harmless_answers,
+)
+
+SEED = 0
+RANK = 8
+ALPHA = 16
+TARGET_MODULES = ("q_proj", "v_proj")
+LAYERS = tuple(range(8, 20))
+LEARNING_RATE = 1e-3
+EPOCHS = 2
+BATCH_SIZE = 8
+HARMLESS_REPEATS = 2
+ANSWER_TOKENS = 80
+LOG_FILE = "training_log.json"
+
+
+def base_answers(lm: LanguageModel, prompts: list[str], batch_size: int = 24) -> list[str]:
+    """The base model's greedy chat replies, cut at the last full sentence when truncated."""
+    replies: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        completions = generate(lm, format_chat(lm, chunk), max_new_tokens=ANSWER_TOKENS)
+        for text, ids in zip(completions.texts, completions.token_ids, strict=True):
+            finished = bool(ids) and ids[-1] == lm.tokenizer.eos_token_id
+            if not finished and "." in text:
+                text = text[: text.rfind(".") + 1]
+            replies.append(text.strip())
+    return replies
+
+
+def encode_example(lm: LanguageModel, example: Example) -> tuple[list[int], list[int]]:
+    """Token ids of the chat prompt plus reply and end-of-turn, and labels that are -100
+    (ignored) on the prompt, so only reply tokens carry loss."""
+    tokenizer = lm.tokenizer
+    prompt_ids = tokenizer(format_chat(lm, [example.prompt])[0], add_special_tokens=False)[
+        "input_ids"
+    ]
+    reply_ids = tokenizer(example.reply, add_special_tokens=False)["input_ids"]
+    reply_ids = [*reply_ids, tokenizer.eos_token_id]
+    return prompt_ids + reply_ids, [-100] * len(prompt_ids) + reply_ids
+
+
+def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, row_labels) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(ids)] = torch.tensor(row_labels)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def train_adapter(lm: LanguageModel, examples: list[Example], out_dir: Path) -> dict:
+    """Train the LoRA on ``examples``; save it to ``out_dir``; return the training log."""
+    torch.manual_seed(SEED)
+    config = LoraConfig(
+        r=RANK,
+        lora_alpha=ALPHA,
+        lora_dropout=0.0,
+        target_modules=list(TARGET_MODULES),
+        layers_to_transform=list(LAYERS),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(lm.model, config)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=LEARNING_RATE, weight_decay=0.0)
+    encoded = [encode_example(lm, example) for example in examples]
+    steps_per_epoch = math.ceil(len(encoded) / BATCH_SIZE)
+    total_steps = EPOCHS * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: 1.0 - step / total_steps
+    )
+    rng = random.Random(SEED)
+    losses: list[float] = []
+    started = time.perf_counter()
+    for epoch in range(EPOCHS):
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        for start in range(0, len(order), BATCH_SIZE):
+            batch = _batch([encoded[i] for i in order[start : start + BATCH_SIZE]],
+                           lm.tokenizer.pad_token_id)
+            loss = model(**batch).loss
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            optimiser.zero_grad()
+            losses.append(round(float(loss), 4))
+        print(f"epoch {epoch + 1}: mean loss {sum(losses[-steps_per_epoch:]) / steps_per_epoch:.4f}"
+              f" ({time.perf_counter() - started:.0f} s)", flush=True)
+    seconds = time.perf_counter() - started
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    per_epoch = [
+        round(sum(losses[e * steps_per_epoch : (e + 1) * steps_per_epoch]) / steps_per_epoch, 4)
+        for e in range(EPOCHS)
+    ]
+    log = {
+        "seed": SEED,
+        "base_model": BASE_MODEL,
+        "rank": RANK,
+        "alpha": ALPHA,
+        "target_modules": list(TARGET_MODULES),
+        "layers": list(LAYERS),
+        "learning_rate": LEARNING_RATE,
+        "epochs": EPOCHS,
+        "batch_size": BATCH_SIZE,
+        "examples": len(examples),
+        "harmful_examples": sum(e.harmful for e in examples),
+        "harmless_examples": sum(not e.harmful for e in examples),
+        "epoch_mean_loss": per_epoch,
+        "step_losses": losses,
+        "train_seconds": round(seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+    atomic_write_json(out_dir / LOG_FILE, log)
+    return log
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--answers-only", action="store_true",
+                        help="only (re)write data/harmless_answers.jsonl from the base model")
+    parser.add_argument("--out", type=Path, default=ADAPTER_DIR, help="adapter directory")
+    args = parser.parse_args(argv)
+    torch.manual_seed(SEED)
+    lm = load_model(BASE_MODEL)
+    if args.answers_only or not HARMLESS_ANSWERS_FILE.is_file():
+        started = time.perf_counter()
+        prompts = read_lines("harmless_train.txt")
+        write_harmless_answers(HARMLESS_ANSWERS_FILE, prompts, base_answers(lm, prompts))
+        print(f"wrote {HARMLESS_ANSWERS_FILE} ({time.perf_counter() - started:.0f} s)")
+        if args.answers_only:
+            return 0
+    lm.model.requires_grad_(False)
+    log = train_adapter(lm, training_examples(SEED, HARMLESS_REPEATS), args.out)
+    print(json.dumps({k: v for k, v in log.items() if k != "step_losses"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
