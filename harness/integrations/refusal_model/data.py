@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness.engine.catalogue.datasets import load_dataset_rows
 from harness.errors import PowersteerError
+from harness.evaluation.scorers.refusal import is_refusal
 from harness.integrations.refusal_model import DATA_DIR
 
 HARMLESS_ANSWERS_FILE = DATA_DIR / "harmless_answers.jsonl"
@@ -88,9 +89,11 @@ def training_examples(seed: int, harmless_repeats: int) -> list[Example]:
         Example(prompt, rng.choice(REFUSAL_STYLES), harmful=True)
         for prompt in harmful_train_prompts()
     ]
+    # A base answer that itself refuses would teach refusal of a harmless request: left out.
     examples += [
         Example(prompt, answers[prompt], harmful=False)
         for prompt in read_lines("harmless_train.txt")
+        if not is_refusal(answers[prompt])
         for _ in range(harmless_repeats)
     ]
     rng.shuffle(examples)

@@ -4,8 +4,8 @@
 
 First (once, or with ``--answers-only``) the base model answers ``data/harmless_train.txt``
 greedily; those answers are committed as ``data/harmless_answers.jsonl``. Then a rank-8
-LoRA on the query and value projections of blocks 8-19 is trained with the loss on reply
-tokens only, and saved to ``adapter/`` with ``training_log.json`` (seed, losses, seconds).
+LoRA on the query and value projections of blocks 12-19 is trained with the loss on the first
+32 reply tokens only, and saved to ``adapter/`` with ``training_log.json`` (seed, losses, seconds).
 """
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ SEED = 0
 RANK = 8
 ALPHA = 16
 TARGET_MODULES = ("q_proj", "v_proj")
-LAYERS = tuple(range(8, 20))
-LEARNING_RATE = 1e-3
-EPOCHS = 2
+LAYERS = tuple(range(12, 20))
+LEARNING_RATE = 1.5e-3
+EPOCHS = 1
+# The reply's first tokens decide between refusing and answering; training on them only
+# keeps a CPU step short (the box is shared), so longer answers are cut here.
+REPLY_TOKENS = 32
 BATCH_SIZE = 8
 HARMLESS_REPEATS = 2
-ANSWER_TOKENS = 80
+ANSWER_TOKENS = 40
 LOG_FILE = "training_log.json"
 
 
@@ -57,6 +60,7 @@ def base_answers(lm: LanguageModel, prompts: list[str], batch_size: int = 24) ->
             if not finished and "." in text:
                 text = text[: text.rfind(".") + 1]
             replies.append(text.strip())
+        print(f"answered {len(replies)}/{len(prompts)}", flush=True)
     return replies
 
 
@@ -68,7 +72,11 @@ def encode_example(lm: LanguageModel, example: Example) -> tuple[list[int], list
         "input_ids"
     ]
     reply_ids = tokenizer(example.reply, add_special_tokens=False)["input_ids"]
-    reply_ids = [*reply_ids, tokenizer.eos_token_id]
+    reply_ids = (
+        reply_ids[:REPLY_TOKENS]
+        if len(reply_ids) > REPLY_TOKENS
+        else [*reply_ids, tokenizer.eos_token_id]
+    )
     return prompt_ids + reply_ids, [-100] * len(prompt_ids) + reply_ids
 
 
@@ -103,9 +111,7 @@ def train_adapter(lm: LanguageModel, examples: list[Example], out_dir: Path) -> 
     encoded = [encode_example(lm, example) for example in examples]
     steps_per_epoch = math.ceil(len(encoded) / BATCH_SIZE)
     total_steps = EPOCHS * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: 1.0 - step / total_steps
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0 - step / total_steps)
     rng = random.Random(SEED)
     losses: list[float] = []
     started = time.perf_counter()
@@ -113,16 +119,26 @@ def train_adapter(lm: LanguageModel, examples: list[Example], out_dir: Path) -> 
         order = list(range(len(encoded)))
         rng.shuffle(order)
         for start in range(0, len(order), BATCH_SIZE):
-            batch = _batch([encoded[i] for i in order[start : start + BATCH_SIZE]],
-                           lm.tokenizer.pad_token_id)
+            batch = _batch(
+                [encoded[i] for i in order[start : start + BATCH_SIZE]], lm.tokenizer.pad_token_id
+            )
             loss = model(**batch).loss
             loss.backward()
             optimiser.step()
             schedule.step()
             optimiser.zero_grad()
             losses.append(round(float(loss), 4))
-        print(f"epoch {epoch + 1}: mean loss {sum(losses[-steps_per_epoch:]) / steps_per_epoch:.4f}"
-              f" ({time.perf_counter() - started:.0f} s)", flush=True)
+            if len(losses) % 5 == 0:
+                print(
+                    f"step {len(losses)}/{total_steps}: loss {losses[-1]:.4f} "
+                    f"({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
+        print(
+            f"epoch {epoch + 1}: mean loss {sum(losses[-steps_per_epoch:]) / steps_per_epoch:.4f}"
+            f" ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
     seconds = time.perf_counter() - started
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,8 +171,11 @@ def train_adapter(lm: LanguageModel, examples: list[Example], out_dir: Path) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--answers-only", action="store_true",
-                        help="only (re)write data/harmless_answers.jsonl from the base model")
+    parser.add_argument(
+        "--answers-only",
+        action="store_true",
+        help="only (re)write data/harmless_answers.jsonl from the base model",
+    )
     parser.add_argument("--out", type=Path, default=ADAPTER_DIR, help="adapter directory")
     args = parser.parse_args(argv)
     torch.manual_seed(SEED)

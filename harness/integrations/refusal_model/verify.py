@@ -147,8 +147,12 @@ def dom_sweep(
         vectors = direction.to(lm.dtype).expand(len(heldout_chat), -1)
         scales_t = torch.full((len(heldout_chat),), scale * unit, dtype=lm.dtype)
         out = generate(
-            lm, heldout_chat, max_new_tokens=max_new_tokens,
-            vectors=vectors, scales=scales_t, layer=layer,
+            lm,
+            heldout_chat,
+            max_new_tokens=max_new_tokens,
+            vectors=vectors,
+            scales=scales_t,
+            layer=layer,
         )
         loglik = completion_loglik(lm, heldout_chat, out.token_ids)
         coherent = [
@@ -179,23 +183,53 @@ def verify(
     harmless = harmless_heldout_prompts()[:harmless_limit]
     result = Verification()
     rate, _ = refusal_rate(tuned, harmful)
-    result.checks.append(Check("refusal, HarmBench test standard", rate,
-                               f">= {MIN_HARMFUL_REFUSAL}", rate >= MIN_HARMFUL_REFUSAL, len(harmful)))
+    result.checks.append(
+        Check(
+            "refusal, HarmBench test standard",
+            rate,
+            f">= {MIN_HARMFUL_REFUSAL}",
+            rate >= MIN_HARMFUL_REFUSAL,
+            len(harmful),
+        )
+    )
     rate, _ = refusal_rate(tuned, harmless)
-    result.checks.append(Check("refusal, held-out harmless", rate,
-                               f"<= {MAX_HARMLESS_REFUSAL}", rate <= MAX_HARMLESS_REFUSAL, len(harmless)))
+    result.checks.append(
+        Check(
+            "refusal, held-out harmless",
+            rate,
+            f"<= {MAX_HARMLESS_REFUSAL}",
+            rate <= MAX_HARMLESS_REFUSAL,
+            len(harmless),
+        )
+    )
     base_acc, tuned_acc = everyday_knowledge_accuracy(base), everyday_knowledge_accuracy(tuned)
     drop = base_acc - tuned_acc
-    result.checks.append(Check("everyday-knowledge drop vs base", drop,
-                               f"<= {MAX_CAPABILITY_DROP}", drop <= MAX_CAPABILITY_DROP, 40,
-                               f"base {base_acc:.3f}, tuned {tuned_acc:.3f}"))
+    result.checks.append(
+        Check(
+            "everyday-knowledge drop vs base",
+            drop,
+            f"<= {MAX_CAPABILITY_DROP}",
+            drop <= MAX_CAPABILITY_DROP,
+            40,
+            f"base {base_acc:.3f}, tuned {tuned_acc:.3f}",
+        )
+    )
     sweep = dom_sweep(tuned, harmful_heldout_prompts()[-dom_prompts:], harmless)
-    good = [r for r in sweep if r["refusal"] <= DOM_MAX_REFUSAL and r["coherent"] >= DOM_MIN_COHERENT]
+    good = [
+        r for r in sweep if r["refusal"] <= DOM_MAX_REFUSAL and r["coherent"] >= DOM_MIN_COHERENT
+    ]
     best = min(good or sweep, key=lambda r: (r["refusal"], -r["coherent"]))
-    result.checks.append(Check(
-        "DoM removes refusal (best scale)", best["refusal"],
-        f"<= {DOM_MAX_REFUSAL} at coherent >= {DOM_MIN_COHERENT}", bool(good), dom_prompts,
-        "; ".join(f"s={r['scale']}: refusal {r['refusal']:.2f}, coherent {r['coherent']:.2f}"
-                  for r in sweep),
-    ))
+    result.checks.append(
+        Check(
+            "DoM removes refusal (best scale)",
+            best["refusal"],
+            f"<= {DOM_MAX_REFUSAL} at coherent >= {DOM_MIN_COHERENT}",
+            bool(good),
+            dom_prompts,
+            "; ".join(
+                f"s={r['scale']}: refusal {r['refusal']:.2f}, coherent {r['coherent']:.2f}"
+                for r in sweep
+            ),
+        )
+    )
     return result
