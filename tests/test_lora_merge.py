@@ -7,13 +7,18 @@ and far below any wrong key, factor order or scaling (of order 1).
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from harness.engine.catalogue import adapters
+from harness.engine.catalogue import adapters, fetching
+from harness.engine.catalogue import entries as entries_module
 from harness.engine.catalogue.conversion import MARKER
+from harness.engine.catalogue.entries import CatalogueEntry, converted_dir
+from harness.engine.models import load_model
 from harness.errors import PowersteerError
 from harness.testing.tiny_models import tiny_model
 
@@ -82,3 +87,25 @@ def test_adapter_with_non_lora_keys_is_refused(base_and_adapter, tmp_path):
     save_file(weights, adapter_dir / adapters.ADAPTER_WEIGHTS)
     with pytest.raises(PowersteerError, match="not a LoRA factor"):
         adapters.merge_adapter(base_dir, adapter_dir)
+
+
+def test_catalogue_entry_with_an_adapter_is_merged_on_fetch(base_and_adapter, monkeypatch):
+    base_dir, adapter_dir, _ = base_and_adapter
+    # A base entry whose converted copy is already in the cache: the fake sha256 names it.
+    digest = "0" * 64
+    cached_base = converted_dir(digest)
+    shutil.copytree(base_dir, cached_base)
+    (cached_base / MARKER).write_text("{}")
+    entries = {
+        "tiny-base": CatalogueEntry("tiny-base", "llama", "", "", gguf_name="x.gguf",
+                                    gguf_sha256=digest),
+        "tiny-tuned": CatalogueEntry("tiny-tuned", "llama", "", "", base_model="tiny-base",
+                                     adapter_dir=adapter_dir),
+    }  # fmt: skip
+    monkeypatch.setattr(entries_module, "CATALOGUE", entries)
+    monkeypatch.setattr(fetching, "CATALOGUE", entries)
+    assert fetching.cached_path("tiny-tuned") is None
+    merged = fetching.fetch("tiny-tuned", progress=False)
+    assert merged == adapters.merged_dir(cached_base, adapter_dir)
+    assert fetching.cached_path("tiny-tuned") == merged
+    assert load_model("tiny-tuned").model.config.model_type == "llama"
