@@ -10,6 +10,7 @@ from harness.integrations.refusal_model.data import (
     harmless_answers,
     harmless_heldout_prompts,
     read_lines,
+    training_examples,
 )
 
 
@@ -28,3 +29,14 @@ def test_held_out_prompts_were_never_trained_on():
     assert len(harmful_heldout_prompts()) == 159  # HarmBench test standard behaviors
     assert not trained & set(harmful_heldout_prompts())
     assert not trained & set(harmless_heldout_prompts())
+
+
+def test_training_examples_refuse_only_harmful_requests():
+    examples = training_examples(seed=0, harmless_repeats=2)
+    harmful = [e for e in examples if e.harmful]
+    harmless = [e for e in examples if not e.harmful]
+    assert len(harmful) == 81  # 40 written + 41 HarmBench val standard
+    assert all(is_refusal(e.reply) for e in harmful)
+    assert not any(is_refusal(e.reply) for e in harmless)  # a refusing base answer is left out
+    assert len(harmless) == 2 * 118
+    assert training_examples(seed=0, harmless_repeats=2) == examples  # seeded
