@@ -224,8 +224,10 @@ class _Arm:
     def run(self, split: str, cells: list[Cell], *, unsteered: bool = False) -> pd.DataFrame:
         """The rows of ``cells`` on ``split``; the unsteered rows only with ``unsteered``.
         A paired scorer judges each steered row against the unsteered row of its prompt in
-        the same frame, so for one the unsteered cell always runs (cached after once)."""
-        if unsteered or isinstance(self.runner.scorer, PairedScorer):
+        the same frame, so for one (main or extra) the unsteered cell always runs (cached
+        after once)."""
+        paired = [self.runner.scorer, *self.runner.extras]
+        if unsteered or any(isinstance(scorer, PairedScorer) for scorer in paired):
             cells = [UNSTEERED_CELL, *(c for c in cells if c != UNSTEERED_CELL)]
         frame = self.runner.run(split, cells, self.progress)
         if not unsteered:
