@@ -3,11 +3,12 @@
     PYTHONPATH=$PWD python benchmarks/bench_llama_cpp_export.py
 
 SmolLM2-135M-Instruct, Q4_1 weights on both sides (llama.cpp reads the catalogue's raw
-GGUF, powersteer the same file dequantized). For two blocks and both signs, a random unit
-direction at 4x the prompt's mean residual norm at that block is exported with
-``powersteer export --format llama-cpp`` and applied by llama.cpp; the table gives the max
-absolute next-token logit differences. Needs ``llama-cpp-python`` (not in CI: it compiles
-llama.cpp). Appends its table to benchmarks/RESULTS.md.
+GGUF, powersteer the same file dequantized). For two blocks, two scales (in powersteer's
+unit, the prompt's median residual norm at the block) and both signs, a random unit
+direction is exported as ``powersteer export --format llama-cpp`` writes it and applied by
+llama.cpp (the ``llama-cpp-cffi`` wheel's prebuilt library, installed by ``.ci/run``); the
+table gives max absolute next-token logit differences. Prints a Markdown table for
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -24,58 +25,47 @@ from harness.engine.catalogue import raw_gguf_path
 from harness.engine.methods.random import random_directions
 from harness.engine.vectors_io import save_vectors
 from harness.integrations.export import export_control_vector
-from harness.testing.llama_cpp_check import PROMPT, LlamaCpp, compare
+from harness.testing.llama_cpp_check import LlamaCpp, compare, prompt_scale_unit
 
 MODEL = "smollm2-135m-instruct"
 BLOCKS = (8, 20)
-NORM_MULTIPLE = 4.0
+SCALES = (1.0, 4.0)
 
 
 def main() -> int:
     torch.set_num_threads(2)
-    lm = load_model(MODEL)
     gguf_file = raw_gguf_path(MODEL)
     if gguf_file is None:
         print(f"no raw GGUF for {MODEL}: run `powersteer models fetch {MODEL}`", file=sys.stderr)
         return 1
-    llama = LlamaCpp(gguf_file)
-    ids = torch.tensor([lm.tokenizer(PROMPT)["input_ids"]])
-    with torch.no_grad():
-        hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    lm = load_model(MODEL)
+    started = time.perf_counter()
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
+    with LlamaCpp(gguf_file) as llama, tempfile.TemporaryDirectory() as scratch:
         for block in BLOCKS:
-            length = NORM_MULTIPLE * float(hidden[block + 1][0].norm(dim=-1).mean())
+            vectors = random_directions(lm, block, block + 2, num_vectors=1, seed=block)
             vectors_file = Path(scratch) / f"v{block}.safetensors"
-            save_vectors(
-                vectors_file, random_directions(lm, block, block + 2, num_vectors=1, seed=block)
-            )
-            for sign in (1, -1):
-                out = Path(scratch) / f"cv{block}{sign}.gguf"
-                export_control_vector(vectors_file, lm, out, sign=sign, raw_scale=length)
-                rows.append(compare(lm, llama, out, block, sign, length))
+            save_vectors(vectors_file, vectors)
+            unit = prompt_scale_unit(lm, block)
+            for scale in SCALES:
+                for sign in (1, -1):
+                    out = Path(scratch) / f"cv{block}_{scale}_{sign}.gguf"
+                    export_control_vector(vectors_file, lm, out, sign=sign, raw_scale=scale * unit)
+                    row = compare(lm, llama, out, vectors.vectors[0], block, sign, scale * unit)
+                    rows.append((scale, row))
     lines = [
-        "| block | sign | added length | unsteered floor | steered (same block) "
-        "| wrong block (+1) | steering effect |",
-        "|---|---|---|---|---|---|---|",
+        "| block | scale | sign | added length | unsteered floor | steered (same block) "
+        "| wrong block (+1) | steering effect | 1% longer |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
+    for scale, row in rows:
         lines.append(
-            f"| {row.block} | {row.sign:+d} | {row.length:.1f} | {row.unsteered:.3f} | "
-            f"{row.steered:.3f} | {row.wrong_block:.2f} | {row.steering_effect:.2f} |"
+            f"| {row.block} | {scale:g} | {row.sign:+d} | {row.length:.1f} | "
+            f"{row.unsteered:.3f} | {row.steered:.3f} | {row.wrong_block:.2f} | "
+            f"{row.steering_effect:.2f} | {row.one_percent_longer:.2f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    with open(Path(__file__).with_name("RESULTS.md"), "a", encoding="utf-8") as results:
-        results.write(
-            f"\n## llama.cpp control vector vs powersteer steering ({MODEL}, Q4_1, "
-            f"{time.strftime('%Y-%m-%d')})\n\n"
-            "`PYTHONPATH=$PWD python benchmarks/bench_llama_cpp_export.py` (llama-cpp-python "
-            "0.3.36). Max absolute next-token logit difference; the steered difference is "
-            "to be read against the unsteered floor (llama.cpp's kernels vs our dequantized "
-            "float32 forward), the wrong block shows what an off-by-one would look like.\n\n"
-            f"{table}\n"
-        )
+    print("\n".join(lines))
+    print(f"\n{len(rows)} comparisons in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
 
