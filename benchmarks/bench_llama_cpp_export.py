@@ -55,14 +55,15 @@ def main() -> int:
                     rows.append((scale, row))
     lines = [
         "| block | scale | sign | added length | unsteered floor | steered (same block) "
-        "| wrong block (+1) | steering effect | 1% longer |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| wrong block (+1) | steering effect | 1% longer | llama.cpp jitter |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scale, row in rows:
         lines.append(
             f"| {row.block} | {scale:g} | {row.sign:+d} | {row.length:.1f} | "
             f"{row.unsteered:.3f} | {row.steered:.3f} | {row.wrong_block:.2f} | "
-            f"{row.steering_effect:.2f} | {row.one_percent_longer:.2f} |"
+            f"{row.steering_effect:.2f} | {row.one_percent_longer:.2f} | "
+            f"{row.llama_jitter:.2f} |"
         )
     print("\n".join(lines))
     print(f"\n{len(rows)} comparisons in {time.perf_counter() - started:.1f} s", file=sys.stderr)

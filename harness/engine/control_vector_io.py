@@ -5,7 +5,7 @@ The file is a GGUF with architecture ``controlvector``, the keys
 ``controlvector.layer_count``, and one 1-D float32 tensor ``direction.N`` per layer.
 
 Which block output layer ``N`` means (read in the consumers' sources; repeng's reader is
-tested, llama.cpp's logits are compared by ``benchmarks/bench_llama_cpp_export.py``):
+tested, llama.cpp's logits are compared by ``tests/test_llama_cpp_export.py``):
 
 * llama.cpp: ``direction.N`` is added, at every position, to the output of 0-based block
   ``N`` (``build_cvec`` right after the block's last residual add). ``direction.0`` is

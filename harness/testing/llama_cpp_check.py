@@ -79,6 +79,9 @@ class Comparison:
     # powersteer at 1.01 * length vs at length: how much a small change in the residual
     # stream moves the steered logits, so how far kernel differences can be amplified
     one_percent_longer: float
+    # llama.cpp with the file's vector times 1 + 1e-6 vs as stored: its own jitter here (its
+    # 8-bit rounding of activations turns a change in the seventh digit into a visible one)
+    llama_jitter: float
 
 
 def gguf_directions(path: Path) -> dict[int, np.ndarray]:
@@ -276,8 +279,11 @@ def compare(
     vector = sign * direction.float() / direction.float().norm()
     llama.set_control_vector(None)
     base_llama = llama.next_logits(ids)
-    llama.set_control_vector(gguf_directions(exported))
+    directions = gguf_directions(exported)
+    llama.set_control_vector(directions)
     steered_llama = llama.next_logits(ids)
+    llama.set_control_vector({n: values * (1 + 1e-6) for n, values in directions.items()})
+    jittered_llama = llama.next_logits(ids)
     llama.set_control_vector(None)
     base_ours = powersteer_logits(lm, ids)
     ours = powersteer_logits(lm, ids, vector, block, length)
@@ -292,4 +298,5 @@ def compare(
         wrong_block=float(np.abs(steered_llama - wrong).max()),
         steering_effect=float(np.abs(ours - base_ours).max()),
         one_percent_longer=float(np.abs(longer - ours).max()),
+        llama_jitter=float(np.abs(jittered_llama - steered_llama).max()),
     )
