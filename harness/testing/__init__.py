@@ -5,5 +5,7 @@ Nothing in the tool imports this package. :mod:`~harness.testing.tiny_models` bu
 randomly initialised models of several architectures offline, small enough for exact
 Jacobians, so tests need no downloads; :mod:`~harness.testing.pass_counter` counts the
 model sweeps a method really runs; :mod:`~harness.testing.results_frames` builds sweep
-results by hand for the analysis, expectation and report tests.
+results by hand for the analysis, expectation and report tests;
+:mod:`~harness.testing.llama_cpp_check` runs llama.cpp on an exported control vector beside
+powersteer's own steering.
 """
