@@ -16,7 +16,6 @@ import pytest
 
 from harness.engine.catalogue import cached_path, raw_gguf_path
 
-pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 MODEL = "smollm2-135m-instruct"
 BLOCK = 8
 SCALE = 4.0  # in powersteer's scale unit (the median residual norm at BLOCK)
@@ -24,13 +23,12 @@ SCALE = 4.0  # in powersteer's scale unit (the median residual norm at BLOCK)
 
 @pytest.fixture(scope="module")
 def llama_and_lm():
-    from harness.testing.llama_cpp_check import LlamaCpp, load_library
+    from harness.testing.llama_cpp_check import LlamaCpp, extension_path
 
     # Not pytest.importorskip("llama"): importing that package whole runs its chat and hub
-    # helpers, which we neither install nor need; load_library raises ImportError only
-    # when the wheel is absent.
+    # helpers, which we neither install nor need.
     try:
-        load_library()
+        extension_path()
     except ImportError as error:
         pytest.skip(f"llama.cpp is not installed ({error}); .ci/run installs it")
     if cached_path(MODEL) is None or raw_gguf_path(MODEL) is None:
@@ -41,6 +39,16 @@ def llama_and_lm():
         yield llama, load_model(MODEL)
 
 
+def test_a_missing_wheel_is_an_import_error_naming_the_install(monkeypatch):
+    from harness.testing import llama_cpp_check
+
+    monkeypatch.setattr(llama_cpp_check, "LIBRARY_PACKAGE", "no_such_llama_package")
+    with pytest.raises(ImportError, match=r"pip install --no-deps llama-cpp-cffi==0\.4\.42"):
+        llama_cpp_check.extension_path()
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
 def test_llama_cpp_unsteered_agrees_with_powersteer_on_the_same_weights(llama_and_lm):
     from harness.testing.llama_cpp_check import PROMPT, powersteer_logits
 
@@ -54,6 +62,8 @@ def test_llama_cpp_unsteered_agrees_with_powersteer_on_the_same_weights(llama_an
     assert np.abs(theirs - ours).max() < 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.realmodel
 @pytest.mark.parametrize("sign", [1, -1])
 def test_llama_cpp_steered_by_our_file_matches_powersteer(llama_and_lm, tmp_path, sign):
     from harness.engine.methods.random import random_directions

@@ -27,6 +27,7 @@ wrong block, sign or length in the exporter shows up as a difference.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.machinery
 import importlib.util
 import shutil
@@ -92,13 +93,10 @@ def gguf_directions(path: Path) -> dict[int, np.ndarray]:
     return {int(t.name.split(".")[1]): np.array(t.data, dtype=np.float32) for t in reader.tensors}
 
 
-def load_library() -> ModuleType:
-    """llama-cpp-cffi's CPU extension module (``.ffi``, ``.lib``), loaded on its own.
-
-    Raises ``ImportError`` when the wheel is not installed (so ``pytest.importorskip``
-    skips), :class:`PowersteerError` when it is but cannot be loaded here.
-    """
-    package = importlib.util.find_spec(LIBRARY_PACKAGE)  # finds it without running __init__
+def extension_path() -> Path:
+    """The wheel's CPU library module, found without running the ``llama`` package's
+    ``__init__``; ``ImportError`` (so tests skip) when the wheel is not installed."""
+    package = importlib.util.find_spec(LIBRARY_PACKAGE)
     locations = list(package.submodule_search_locations or []) if package else []
     candidates = sorted(p for d in locations for p in Path(d).glob(f"{CPU_EXTENSION}.*.so"))
     if not candidates:
@@ -106,7 +104,17 @@ def load_library() -> ModuleType:
             f"{LIBRARY_DISTRIBUTION} is not installed (no {LIBRARY_PACKAGE}/{CPU_EXTENSION}"
             f"*.so): pip install --no-deps {LIBRARY_DISTRIBUTION}==0.4.42"
         )
-    path = candidates[0]
+    return candidates[0]
+
+
+@functools.cache  # one module per process: a loaded C library cannot be unloaded anyway
+def load_library() -> ModuleType:
+    """llama-cpp-cffi's CPU extension module (``.ffi``, ``.lib``), loaded on its own.
+
+    Raises ``ImportError`` when the wheel is not installed, :class:`PowersteerError` when
+    it is but cannot be loaded here.
+    """
+    path = extension_path()
     try:
         return _load_extension(path)
     except ImportError as error:
