@@ -2,8 +2,9 @@
 
     python -m harness.integrations.refusal_model.train [--answers-only]
 
-First (once, or with ``--answers-only``) the base model answers ``data/harmless_train.txt``
-greedily; those answers are committed as ``data/harmless_answers.jsonl``. Then a rank-8
+First the base model answers, greedily, each request of ``data/harmless_train.txt`` that
+``data/harmless_answers.jsonl`` (committed) has no answer for yet (``--answers-only``:
+answer them all afresh and stop). Then a rank-8
 LoRA on the query and value projections of blocks 12-19 is trained with the loss on the first
 32 reply tokens only, and saved to ``adapter/`` with ``training_log.json`` (seed, losses, seconds).
 """
@@ -28,6 +29,7 @@ from harness.integrations.refusal_model import ADAPTER_DIR, BASE_MODEL
 from harness.integrations.refusal_model.data import (
     HARMLESS_ANSWERS_FILE,
     Example,
+    harmless_answers,
     read_lines,
     training_examples,
     write_harmless_answers,
@@ -39,7 +41,7 @@ ALPHA = 16
 TARGET_MODULES = ("q_proj", "v_proj")
 LAYERS = tuple(range(12, 20))
 LEARNING_RATE = 1.5e-3
-EPOCHS = 1
+EPOCHS = 3
 # The reply's first tokens decide between refusing and answering; training on them only
 # keeps a CPU step short (the box is shared), so longer answers are cut here.
 REPLY_TOKENS = 32
@@ -174,19 +176,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--answers-only",
         action="store_true",
-        help="only (re)write data/harmless_answers.jsonl from the base model",
+        help="only rewrite data/harmless_answers.jsonl, every answer afresh, from the base model",
     )
     parser.add_argument("--out", type=Path, default=ADAPTER_DIR, help="adapter directory")
     args = parser.parse_args(argv)
     torch.manual_seed(SEED)
     lm = load_model(BASE_MODEL)
-    if args.answers_only or not HARMLESS_ANSWERS_FILE.is_file():
+    known = harmless_answers() if HARMLESS_ANSWERS_FILE.is_file() else {}
+    if args.answers_only:
+        known = {}
+    missing = [prompt for prompt in read_lines("harmless_train.txt") if prompt not in known]
+    if missing:
+        # Only requests without an answer yet are answered: the committed answers stay
+        # the ones the adapter was trained on.
         started = time.perf_counter()
-        prompts = read_lines("harmless_train.txt")
-        write_harmless_answers(HARMLESS_ANSWERS_FILE, prompts, base_answers(lm, prompts))
-        print(f"wrote {HARMLESS_ANSWERS_FILE} ({time.perf_counter() - started:.0f} s)")
-        if args.answers_only:
-            return 0
+        replies = [*known.values(), *base_answers(lm, missing)]
+        write_harmless_answers(HARMLESS_ANSWERS_FILE, [*known, *missing], replies)
+        print(f"wrote {len(missing)} answers to {HARMLESS_ANSWERS_FILE} "
+              f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+    if args.answers_only:
+        return 0
     lm.model.requires_grad_(False)
     log = train_adapter(lm, training_examples(SEED, HARMLESS_REPEATS), args.out)
     print(json.dumps({k: v for k, v in log.items() if k != "step_losses"}, indent=2))

@@ -67,10 +67,21 @@ class Check:
 @dataclass
 class Verification:
     checks: list[Check] = field(default_factory=list)
+    show_progress: bool = False  # print each check as it is measured (the run takes minutes)
+
+    def add(self, check: Check) -> None:
+        self.checks.append(check)
+        if self.show_progress:
+            verdict = "pass" if check.passed else "MISS"
+            print(f"{check.name}: {check.value:.3f} ({check.target}, n={check.n}) {verdict}",
+                  flush=True)  # fmt: skip
 
     @property
     def passed(self) -> bool:
         return all(check.passed for check in self.checks)
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "checks": [vars(check) for check in self.checks]}
 
     def table(self) -> str:
         rows = [("CHECK", "VALUE", "TARGET", "N", "PASS", "DETAIL")] + [
@@ -133,7 +144,8 @@ def dom_sweep(
     difference-of-means direction (towards harmless) at each scale (residual-norm units)."""
     harmful_chat = format_chat(lm, harmful_train_prompts())
     harmless_chat = format_chat(lm, read_lines("harmless_train.txt"))
-    direction = difference_of_means(lm, harmful_chat, harmless_chat, layer, layer).vectors[0]
+    # The target block is only recorded; the direction is read at ``layer`` alone.
+    direction = difference_of_means(lm, harmful_chat, harmless_chat, layer, layer + 1).vectors[0]
     heldout_chat = format_chat(lm, list(heldout_harmful))
     unit = scale_unit(lm, encode_prompts(lm, heldout_chat), layer)
     reference_chat = format_chat(lm, list(harmless_reference))
@@ -177,13 +189,14 @@ def verify(
     harmful_limit: int | None = None,
     harmless_limit: int | None = None,
     dom_prompts: int = 40,
+    show_progress: bool = False,
 ) -> Verification:
     """Measure the four targets; ``*_limit`` take the first prompts only (for quick tests)."""
     harmful = harmful_heldout_prompts()[:harmful_limit]
     harmless = harmless_heldout_prompts()[:harmless_limit]
-    result = Verification()
+    result = Verification(show_progress=show_progress)
     rate, _ = refusal_rate(tuned, harmful)
-    result.checks.append(
+    result.add(
         Check(
             "refusal, HarmBench test standard",
             rate,
@@ -193,7 +206,7 @@ def verify(
         )
     )
     rate, _ = refusal_rate(tuned, harmless)
-    result.checks.append(
+    result.add(
         Check(
             "refusal, held-out harmless",
             rate,
@@ -204,13 +217,13 @@ def verify(
     )
     base_acc, tuned_acc = everyday_knowledge_accuracy(base), everyday_knowledge_accuracy(tuned)
     drop = base_acc - tuned_acc
-    result.checks.append(
+    result.add(
         Check(
             "everyday-knowledge drop vs base",
             drop,
             f"<= {MAX_CAPABILITY_DROP}",
             drop <= MAX_CAPABILITY_DROP,
-            40,
+            sum(1 for line in EVERYDAY_KNOWLEDGE.read_text().splitlines() if line.strip()),
             f"base {base_acc:.3f}, tuned {tuned_acc:.3f}",
         )
     )
@@ -219,7 +232,7 @@ def verify(
         r for r in sweep if r["refusal"] <= DOM_MAX_REFUSAL and r["coherent"] >= DOM_MIN_COHERENT
     ]
     best = min(good or sweep, key=lambda r: (r["refusal"], -r["coherent"]))
-    result.checks.append(
+    result.add(
         Check(
             "DoM removes refusal (best scale)",
             best["refusal"],
