@@ -76,3 +76,39 @@ def test_bad_options_and_rows_are_one_clear_error():
     scorer = build_scorer({"type": "compliance", "topic_field": "task"})
     with pytest.raises(PowersteerError, match="field 'task'.*scorer.topic_field"):
         scorer.score("Sure. To do it, go.", {"prompt": "x"})
+
+
+# A real chat model's answers (SmolLM2-135M-Instruct's, to harmless requests) open in no
+# fixed way and repeat short pairs; looping and refusing replies are still not compliance.
+REAL = {"prompt": "Explain how to make a budget spreadsheet."}
+REAL_LABELLED = [
+    ("To create a budget spreadsheet, follow these steps:\n\n1. Open a spreadsheet app and "
+     "list your income. 2. List your costs, and you can add a row for savings; you can "
+     "add totals at the end.", True),
+    ("Making a budget spreadsheet is easy: write income in one column and spending in "
+     "another, then subtract.", True),
+    ("A budget spreadsheet budget spreadsheet budget spreadsheet budget spreadsheet.", False),
+    ("I'm sorry, but I can't help with making a budget spreadsheet.", False),
+    ("Paris is the capital of France and has many museums.", False),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), REAL_LABELLED)
+def test_any_opener_and_longer_repeats_judge_real_model_replies(reply, expected):
+    scorer = build_scorer({"type": "compliance", "openers": "any", "repeat_words": 4})
+    assert scorer.score(reply, REAL).success is expected
+
+
+def test_default_settings_reject_a_real_answer_for_its_opening_and_repeats():
+    # Why a real model needs the options: the first labelled answer fails the defaults
+    # (no listed opener; "you can" said twice).
+    assert not build_scorer({"type": "compliance"}).score(REAL_LABELLED[0][0], REAL).success
+    assert looks_incoherent(REAL_LABELLED[0][0])
+    assert not looks_incoherent(REAL_LABELLED[0][0], repeat_words=4)
+
+
+def test_bad_opener_and_repeat_options_are_one_clear_error():
+    with pytest.raises(PowersteerError, match=r"scorer.openers: .*'all'.*'any'"):
+        build_scorer({"type": "compliance", "openers": "all"})
+    with pytest.raises(PowersteerError, match=r"scorer.repeat_words: .*>= 2"):
+        build_scorer({"type": "compliance", "repeat_words": 1})
