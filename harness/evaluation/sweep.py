@@ -115,13 +115,25 @@ def sweep_behavior(
             name=behavior.name,
         )
         pairs = screen.kept
-    arms = {
-        pair: _Arm(lm, replace(prepared, source=pair[0], target=pair[1]), scorer, cache,
-                   fingerprint, seed, batch_rows, progress)
-        for pair in pairs
-    }  # fmt: skip
-    for arm in arms.values():
-        arm.runner.executor = executor or LocalExecutor()
+
+    def runner_at(pair: tuple[int, int]) -> _CellRunner:
+        """The pair's cell runner: its scale unit and each method's vectors measured there."""
+        at_pair = replace(prepared, source=pair[0], target=pair[1])
+        select_batch = encode_prompts(lm, at_pair.split_prompts("select"))
+        scale_unit = measure_scale_unit(lm, select_batch, at_pair.source)
+        vectors = {
+            method: _method_vectors(lm, at_pair, method, cache, fingerprint, seed, progress)
+            for method in behavior.steering.methods
+        }
+        runner = _CellRunner(
+            lm, at_pair, scorer, cache, fingerprint, vectors, scale_unit, batch_rows
+        )
+        runner.extras = behavior.make_extra_scorers()
+        attach_cache([scorer, *runner.extras], cache)
+        runner.executor = executor or LocalExecutor()
+        return runner
+
+    arms = {pair: _Arm(runner_at(pair), progress) for pair in pairs}
     scales = [s for s in behavior.steering.scales if s != 0]
     frames = [
         arm.run("select", arm.grid_cells(scales), unsteered=i == 0)
@@ -188,29 +200,10 @@ class _Arm:
     """One layer pair of a sweep: its scale unit, each method's vectors there, and the
     runner of its cells; every row it returns carries the pair."""
 
-    def __init__(
-        self,
-        lm: LanguageModel,
-        prepared: PreparedBehavior,
-        scorer: Scorer,
-        cache: ResultCache,
-        fingerprint: str,
-        seed: int,
-        batch_rows: int,
-        progress: bool,
-    ) -> None:
-        self.prepared, self.progress = prepared, progress
-        select_batch = encode_prompts(lm, prepared.split_prompts("select"))
-        self.scale_unit = measure_scale_unit(lm, select_batch, prepared.source)
-        self.vectors = {
-            method: _method_vectors(lm, prepared, method, cache, fingerprint, seed, progress)
-            for method in prepared.behavior.steering.methods
-        }
-        self.runner = _CellRunner(
-            lm, prepared, scorer, cache, fingerprint, self.vectors, self.scale_unit, batch_rows
-        )
-        self.runner.extras = prepared.behavior.make_extra_scorers()
-        attach_cache([scorer, *self.runner.extras], cache)
+    def __init__(self, runner: _CellRunner, progress: bool) -> None:
+        self.runner, self.progress = runner, progress
+        self.prepared, self.vectors = runner.prepared, runner.vectors
+        self.scale_unit = runner.scale_unit
 
     def grid_cells(self, scales: list[float]) -> list[Cell]:
         return [
