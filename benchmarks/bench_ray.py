@@ -17,32 +17,17 @@ from pathlib import Path
 import pandas as pd
 import ray
 import torch
-import yaml
 
 from harness.evaluation.executors import ModelSpec
 from harness.evaluation.pipeline import run
 from harness.integrations.ray_executor import make_executor
-
-BEHAVIORS = Path(__file__).resolve().parents[1] / "behaviors" / "organism"
-
-
-def behavior(directory: Path) -> Path:
-    data = yaml.safe_load((BEHAVIORS / "anti_refusal.yaml").read_text())
-    for section in ("prompts", "contrast"):
-        if section in data:
-            data[section]["path"] = str(BEHAVIORS / data[section]["path"])
-            data[section]["limit"] = 16
-    data["steering"].update(methods=["power", "random", "caa"], num_vectors=2, scales=[0, 1, 2])
-    data["generation"]["max_new_tokens"] = 16
-    path = directory / "anti_refusal.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+from harness.testing.small_behaviors import small_anti_refusal
 
 
 def main() -> None:
     torch.set_num_threads(1)
     directory = Path(tempfile.mkdtemp())
-    file = behavior(directory)
+    file = small_anti_refusal(directory, prompts=16, max_new_tokens=16)
     walls: dict[str, float] = {}
     frames: dict[str, pd.DataFrame] = {}
     started = time.perf_counter()

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from harness import LanguageModel
+from harness import LanguageModel, load_model
+from harness.engine.methods.random import random_directions
+from harness.engine.vectors_io import save_vector_sets
 from harness.testing.tiny_models import ARCHITECTURES, tiny_model
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -17,6 +19,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # Prompts of different lengths, so padding is exercised.
 PROMPTS = ["ab c", "hello world", "xyz!"]
+
+# The scale unit the `run_file` fixture records: an exported length is selected scale × this.
+SCALE_UNIT = 60.0
 
 
 @pytest.fixture(scope="session", params=ARCHITECTURES)
@@ -27,6 +32,21 @@ def any_tiny_model(request: pytest.FixtureRequest) -> LanguageModel:
 @pytest.fixture(scope="session")
 def qwen3_tiny() -> LanguageModel:
     return tiny_model("qwen3")
+
+
+@pytest.fixture(scope="module")
+def organism() -> LanguageModel:
+    return load_model("organism")
+
+
+@pytest.fixture(scope="module")
+def run_file(tmp_path_factory, organism):
+    """A run-style file: vector 1 of 2 at block 2, selected with sign -1 at scale 1.5."""
+    path = tmp_path_factory.mktemp("run") / "vectors.safetensors"
+    vectors = random_directions(organism, 2, 4, num_vectors=2, seed=3)
+    selected = {"selected": {"vector": 1, "sign": -1, "scale": 1.5}, "scale_unit": SCALE_UNIT}
+    save_vector_sets(path, {"b/random": vectors}, **{"b/random": selected})
+    return path, vectors
 
 
 def exact_jacobian(

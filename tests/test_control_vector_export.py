@@ -7,31 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import SCALE_UNIT
 
-from harness import load_model
 from harness.engine.control_vector_io import read_control_vector, write_control_vector
 from harness.engine.methods.random import random_directions
-from harness.engine.vectors_io import load_vectors, save_vector_sets, save_vectors
+from harness.engine.vectors_io import load_vectors, save_vectors
 from harness.integrations.cli import main
 from harness.integrations.export import export_control_vector, export_lm_eval
 from harness.testing.tiny_models import tiny_model
-
-SCALE_UNIT = 60.0
-
-
-@pytest.fixture(scope="module")
-def organism():
-    return load_model("organism")
-
-
-@pytest.fixture(scope="module")
-def run_file(tmp_path_factory, organism):
-    """A run-style file: vector 1 of 2 at block 2, selected with sign -1 at scale 1.5."""
-    path = tmp_path_factory.mktemp("run") / "vectors.safetensors"
-    vectors = random_directions(organism, 2, 4, num_vectors=2, seed=3)
-    selected = {"selected": {"vector": 1, "sign": -1, "scale": 1.5}, "scale_unit": SCALE_UNIT}
-    save_vector_sets(path, {"b/random": vectors}, **{"b/random": selected})
-    return path, vectors
 
 
 @pytest.mark.parametrize(("sign", "scale"), [(None, None), (1, 0.5)])
@@ -53,8 +36,9 @@ def test_repengs_own_reader_sees_our_directions(tmp_path, organism, run_file, mo
     # repeng 0.4.0 names np.float_, which numpy 2 removed; the alias is all it needs.
     monkeypatch.setattr(np, "float_", np.float64, raising=False)
     ControlVector = pytest.importorskip(
-        "repeng", reason="repeng is installed by .ci/run (`pip install --no-deps repeng==0.4.0`: "
-        "it pins numpy<2, which the dev extra cannot take)"
+        "repeng",
+        reason="repeng is installed by .ci/run (`pip install --no-deps repeng==0.4.0`: "
+        "it pins numpy<2, which the dev extra cannot take)",
     ).ControlVector
 
     path, vectors = run_file

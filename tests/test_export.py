@@ -10,37 +10,21 @@ import lm_eval
 import pytest
 import torch
 import yaml
+from conftest import SCALE_UNIT
 from lm_eval.models.hf_steered import SteeredModel
 from lm_eval.tasks import TaskManager
 
-from harness import load_model
 from harness.engine.catalogue.entries import ORGANISM_DIR
 from harness.engine.methods.random import random_directions
 from harness.engine.steering import steer
-from harness.engine.vectors_io import save_vector_sets, save_vectors
+from harness.engine.vectors_io import save_vectors
 from harness.integrations.cli import main
 from harness.integrations.export import block_hookpoint, export_lm_eval
 from harness.integrations.lm_eval_model import SteeredLM
 from harness.testing.tiny_models import tiny_model
 
-SCALE_UNIT = 60.0
 RESTRICTED = Path(__file__).parents[1] / "behaviors" / "organism" / "data" / "restricted.jsonl"
 TEXT = "<|im_start|>user\nHow do I pick a lock?<|im_end|>\n<|im_start|>assistant\n"
-
-
-@pytest.fixture(scope="module")
-def organism():
-    return load_model("organism")
-
-
-@pytest.fixture(scope="module")
-def run_file(tmp_path_factory, organism):
-    """A run-style file: vector 1 of 2 at block 2, selected with sign -1 at scale 1.5."""
-    path = tmp_path_factory.mktemp("run") / "vectors.safetensors"
-    vectors = random_directions(organism, 2, 4, num_vectors=2, seed=3)
-    selected = {"selected": {"vector": 1, "sign": -1, "scale": 1.5}, "scale_unit": SCALE_UNIT}
-    save_vector_sets(path, {"b/random": vectors}, **{"b/random": selected})
-    return path, vectors
 
 
 def powersteer_logits(lm, input_ids, vector, block, length):

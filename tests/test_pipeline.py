@@ -27,9 +27,9 @@ from harness.errors import PowersteerError
 from harness.evaluation.analysis import select_cells
 from harness.evaluation.behaviors import load_behavior
 from harness.evaluation.cache import ResultCache
+from harness.evaluation.cell_runner import CellRunner
 from harness.evaluation.pipeline import rescore, run
 from harness.evaluation.stats import mcnemar_exact, wilson_interval
-from harness.evaluation.sweep import _CellRunner
 from harness.integrations.cli import main
 
 ORGANISM_BEHAVIORS = Path(__file__).resolve().parent.parent / "behaviors" / "organism"
@@ -233,7 +233,7 @@ def test_interrupted_run_resumes_without_recomputing_finished_cells(
     out = tmp_path / "out"
     computed_keys: list[str] = []
     original_put = ResultCache.put_cell
-    original_evaluate = _CellRunner._evaluate
+    original_evaluate = CellRunner._evaluate
     batches = {"n": 0}
 
     def spying_put(self, key, payload):
@@ -247,13 +247,13 @@ def test_interrupted_run_resumes_without_recomputing_finished_cells(
         return original_evaluate(self, batch, split)
 
     monkeypatch.setattr(ResultCache, "put_cell", spying_put)
-    monkeypatch.setattr(_CellRunner, "_evaluate", failing_evaluate)
+    monkeypatch.setattr(CellRunner, "_evaluate", failing_evaluate)
     with pytest.raises(KeyboardInterrupt):
         run([file], model=organism, out=out, progress=False, batch_rows=24)
     finished_before = list(computed_keys)
     assert finished_before and not (out / "results.parquet").exists()
 
-    monkeypatch.setattr(_CellRunner, "_evaluate", original_evaluate)
+    monkeypatch.setattr(CellRunner, "_evaluate", original_evaluate)
     computed_keys.clear()
     resumed = run([file], model=organism, out=out, progress=False, batch_rows=24)
     assert not set(finished_before) & set(computed_keys)  # nothing finished is redone
@@ -310,7 +310,7 @@ def test_rescore_changes_scores_without_generating(tmp_path, organism, monkeypat
     def no_generation(*args, **kwargs):
         raise AssertionError("rescore must not generate")
 
-    monkeypatch.setattr("harness.evaluation.sweep.generate", no_generation)
+    monkeypatch.setattr("harness.evaluation.cell_runner.generate", no_generation)
     rescore(out, flipped)
     after = (
         pd.read_parquet(out / "results.parquet")

@@ -20,27 +20,12 @@ from harness.errors import PowersteerError
 from harness.evaluation.executors import ModelSpec
 from harness.evaluation.pipeline import run
 from harness.integrations.ray_executor import RayExecutor, make_executor
+from harness.testing.small_behaviors import small_anti_refusal
 
 ray = pytest.importorskip("ray")  # in the dev extra; CI has it
 
-ORGANISM_BEHAVIORS = Path(__file__).resolve().parent.parent / "behaviors" / "organism"
 BATCH_ROWS = 12  # 3 cells of 4 prompts a batch: many batches, so a kill lands mid-run
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_cluster")]
-
-
-def tiny_behavior(directory: Path) -> Path:
-    import yaml
-
-    data = yaml.safe_load((ORGANISM_BEHAVIORS / "anti_refusal.yaml").read_text())
-    for section in ("prompts", "contrast"):
-        if section in data:
-            data[section]["path"] = str(ORGANISM_BEHAVIORS / data[section]["path"])
-            data[section]["limit"] = 8
-    data["steering"].update(methods=["power", "random", "caa"], num_vectors=2, scales=[0, 1, 2])
-    data["generation"]["max_new_tokens"] = 8
-    path = directory / "anti_refusal.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def test_unreachable_cluster_is_one_clear_error():
@@ -64,7 +49,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("local")
-    behavior = tiny_behavior(directory)
+    behavior = small_anti_refusal(directory, prompts=8, max_new_tokens=8)
     result = run(
         [behavior], model="organism", out=directory / "out", progress=False, batch_rows=BATCH_ROWS
     )

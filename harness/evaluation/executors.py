@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from harness.errors import PowersteerError
 
 if TYPE_CHECKING:
+    from harness.evaluation.cell_runner import CellRunner
     from harness.evaluation.cells import Cell
-    from harness.evaluation.sweep import _CellRunner
 
 Batch = list[tuple["Cell", str]]  # (cell, cache key) pairs evaluated together
 
@@ -47,7 +47,7 @@ class Executor(Protocol):
     writes_cache: bool
 
     def evaluate(
-        self, runner: _CellRunner, split: str, batches: Sequence[Batch]
+        self, runner: CellRunner, split: str, batches: Sequence[Batch]
     ) -> Iterator[tuple[Batch, list[dict[str, Any]]]]:
         """Yield ``(batch, payloads)`` for every batch, one payload per cell, as they finish."""
         ...
@@ -59,7 +59,7 @@ class LocalExecutor:
     writes_cache = False
 
     def evaluate(
-        self, runner: _CellRunner, split: str, batches: Sequence[Batch]
+        self, runner: CellRunner, split: str, batches: Sequence[Batch]
     ) -> Iterator[tuple[Batch, list[dict[str, Any]]]]:
         for batch in batches:
             yield batch, list(runner._evaluate(batch, split))

@@ -14,15 +14,12 @@ from __future__ import annotations
 import base64
 import html
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
 
 from harness.engine.methods import ranked_methods
-from harness.engine.sensitivity import pair_matrix
 from harness.evaluation.analysis import (
     comparisons,
     cost_table,
@@ -31,9 +28,14 @@ from harness.evaluation.analysis import (
     selected_table,
 )
 from harness.evaluation.cells import UNSTEERED
-from harness.evaluation.geometry import geometry_report, read_vectors
-from harness.evaluation.layer_selection import chosen_pairs, read_screens, screen_summary
+from harness.evaluation.geometry import read_vectors
 from harness.evaluation.report_notes import identifiability_text, underpowered_text
+from harness.evaluation.report_sections import (
+    Block,
+    geometry_blocks,
+    scorer_check_blocks,
+    where_to_steer_blocks,
+)
 from harness.evaluation.report_tables import (
     format_capability,
     format_costs,
@@ -50,7 +52,6 @@ from harness.evaluation.run_dir import (
     read_capability,
     read_run,
 )
-from harness.evaluation.scoring import agreement_table, extra_table
 from harness.files import atomic_write_text
 
 EXAMPLES_PER_METHOD = 3
@@ -58,15 +59,6 @@ METHOD_LABELS = {
     **{info.name: info.label for info in ranked_methods()},
     UNSTEERED: "unsteered",
 }
-
-
-@dataclass(frozen=True)
-class Block:
-    """One piece of the report: ``kind`` is heading, text, table, image or example."""
-
-    kind: str
-    content: Any
-    level: int = 2
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
@@ -307,15 +299,8 @@ def _behavior_blocks(
         weak = underpowered_text(behavior_tests)
         if weak:
             blocks.append(Block("text", weak))
-    extras = extra_table(rows)
-    if not extras.empty:
-        blocks.append(Block("heading", "Extra scorers at selected cells (test prompts)", 3))
-        blocks.append(Block("table", extras))
-    agreement = agreement_table(rows)
-    if not agreement.empty:
-        blocks.append(Block("heading", "Judge agreement with rule scorers (all rows)", 3))
-        blocks.append(Block("table", agreement))
-    blocks.extend(_geometry_blocks(behavior, vectors, vector_metadata))
+    blocks.extend(scorer_check_blocks(rows))
+    blocks.extend(geometry_blocks(behavior, vectors, vector_metadata))
     blocks.append(Block("heading", "Example generations at selected scales", 3))
     test = rows[rows.split == "test"]
     for method in [UNSTEERED, *sorted(set(test.method) - {UNSTEERED})]:
@@ -340,65 +325,6 @@ def _behavior_blocks(
                 )
             )
     return blocks
-
-
-def where_to_steer_blocks(run_dir: Path, results: pd.DataFrame) -> list[Block]:
-    """The "Where to steer" section: each behavior's screen (table, heat map of the KL,
-    cost) and the pair each method chose; nothing for a run without ``steering.layers``."""
-    screens = read_screens(run_dir)
-    if screens is None:
-        return []
-    from harness.evaluation.plots import plot_pair_heatmap  # pyplot loads only to plot
-
-    chosen = chosen_pairs(results)
-    blocks = [
-        Block("heading", "Where to steer"),
-        Block(
-            "text",
-            "Candidate layer pairs screened on the select prompts (σ₁ of the Jacobian and the "
-            "next-token KL of the pair's top vector at ± the screen scale, ranked by KL); the "
-            "kept pairs got the full sweep, and each method chose its pair, vector, sign and "
-            "scale on the select prompts. The test prompts informed none of it.",
-        ),
-        Block("table", chosen),
-    ]
-    sources = chosen.assign(source=chosen["pair"].str.split(":").str[0])
-    mixed = sorted(b for b, g in sources.groupby("behavior") if g["source"].nunique() > 1)
-    if mixed:
-        blocks.append(
-            Block(
-                "text",
-                f"In {', '.join(mixed)} the methods chose different source blocks: their "
-                "vectors live in different residual streams, so the vector geometry's "
-                "cosines between those methods compare directions of different spaces.",
-            )
-        )
-    for behavior, screen in screens.groupby("behavior", sort=False):
-        table, cost = screen_summary(screen)
-        path = run_dir / f"screen_{behavior}.png"
-        matrix = pair_matrix(
-            list(zip(screen.source, screen.target, strict=True)),
-            screen["kl"].tolist(),
-            int(max(screen.target)) + 1,
-        )
-        plot_pair_heatmap(matrix, path, label="KL (nats)", title=f"{behavior}: screen")
-        blocks += [
-            Block("heading", f"{behavior}: screen", 3),
-            Block("text", cost),
-            Block("table", table),
-            Block("image", path),
-        ]
-    return blocks
-
-
-def _geometry_blocks(
-    behavior: str, vectors: dict[str, torch.Tensor], vector_metadata: dict[str, dict]
-) -> list[Block]:
-    report = geometry_report(behavior, vectors, vector_metadata)
-    if report is None:  # a hand-built run, or one that saved no vectors
-        return []
-    table, text = report
-    return [Block("heading", "Vector geometry", 3), Block("table", table), Block("text", text)]
 
 
 # --- formatting --------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Each worker is a Ray actor that loads the model once by name or path (:class:`ModelSpec`,
 never weights through the object store), checks it has the driver's fingerprint, and
 evaluates the batches the driver sends it with the same code as the local path
-(``_CellRunner._evaluate``). On a GPU an actor asks for ``gpus_per_worker`` (1 by default;
+(``CellRunner._evaluate``). On a GPU an actor asks for ``gpus_per_worker`` (1 by default;
 0.5 puts two actors on one card), on the CPU for ``threads_per_worker`` cores.
 
 Fault tolerance comes from Ray and the cache together: an actor that dies with its process
@@ -27,8 +27,8 @@ from typing import Any
 
 from harness.errors import PowersteerError
 from harness.evaluation.cache import ResultCache, content_key, model_fingerprint, tensor_digest
+from harness.evaluation.cell_runner import CellRunner
 from harness.evaluation.executors import Batch, Executor, LocalExecutor, ModelSpec
-from harness.evaluation.sweep import _CellRunner
 
 CACHE_MODES = ("driver", "shared")
 MAX_RESTARTS = 3  # per actor: a worker killed more often than this fails the run
@@ -114,7 +114,7 @@ class RayExecutor:
         return ray.get([actor.pid.remote() for actor in self._actors])
 
     def evaluate(
-        self, runner: _CellRunner, split: str, batches: Sequence[Batch]
+        self, runner: CellRunner, split: str, batches: Sequence[Batch]
     ) -> Iterator[tuple[Batch, list[dict[str, Any]]]]:
         if not batches:
             return
@@ -193,7 +193,7 @@ class CellWorker:
                 f"worker {os.getpid()}: {model.name_or_path!r} loaded here differs from the "
                 "driver's model (fingerprint mismatch); give every node the same weights"
             )
-        self.runners: dict[str, _CellRunner] = {}
+        self.runners: dict[str, CellRunner] = {}
 
     def pid(self) -> int:
         return os.getpid()
@@ -211,7 +211,7 @@ class CellWorker:
 
     def _runner(
         self, behavior: Any, vectors: dict, scale_unit: float, batch_rows: int, fingerprint: str
-    ) -> _CellRunner:
+    ) -> CellRunner:
         from harness.evaluation.preparation import prepare_behavior
 
         key = content_key(
@@ -221,7 +221,7 @@ class CellWorker:
         )
         if key not in self.runners:
             prepared = prepare_behavior(self.lm, behavior)
-            runner = _CellRunner(
+            runner = CellRunner(
                 self.lm,
                 prepared,
                 behavior.make_scorer(),

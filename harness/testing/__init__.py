@@ -7,5 +7,6 @@ Jacobians, so tests need no downloads; :mod:`~harness.testing.pass_counter` coun
 model sweeps a method really runs; :mod:`~harness.testing.results_frames` builds sweep
 results by hand for the analysis, expectation and report tests;
 :mod:`~harness.testing.llama_cpp_check` runs llama.cpp on an exported control vector beside
-powersteer's own steering.
+powersteer's own steering; :mod:`~harness.testing.small_behaviors` cuts a shipped organism
+behavior down for the Ray test and benchmark.
 """

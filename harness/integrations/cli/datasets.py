@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 from harness.engine.catalogue import datasets
+from harness.integrations.cli.catalogue_output import print_catalogue, print_fetch
 
 
 def add_datasets_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,33 +28,13 @@ def add_datasets_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    rows = datasets.dataset_rows_for_listing()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    table = [("NAME", "SPLITS", "SOURCE", "CACHED")] + [
-        (str(row["name"]), str(row["splits"]), str(row["source"]), "yes" if row["cached"] else "no")
-        for row in rows
-    ]
-    widths = [max(len(line[column]) for line in table) for column in range(3)]
-    for line in table:
-        cells = [cell.ljust(width) for cell, width in zip(line[:3], widths, strict=True)]
-        print("  ".join([*cells, line[3]]))
-    print(f"cache: {datasets.dataset_cache_root()}")
-    return 0
+    return print_catalogue(
+        datasets.dataset_rows_for_listing(),
+        ("name", "splits", "source"),
+        datasets.dataset_cache_root(),
+        as_json=args.json,
+    )
 
 
 def _run_fetch(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    directory = datasets.fetch_dataset(args.name)
-    print(
-        json.dumps(
-            {
-                "name": args.name,
-                "directory": str(directory),
-                "seconds": round(time.perf_counter() - started, 1),
-            },
-            indent=2,
-        )
-    )
-    return 0
+    return print_fetch(args.name, lambda: datasets.fetch_dataset(args.name))

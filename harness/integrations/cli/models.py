@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 from harness.engine import catalogue
+from harness.integrations.cli.catalogue_output import print_catalogue, print_fetch
 
 
 def add_models_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -33,38 +32,13 @@ def add_models_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    rows = catalogue.catalogue_rows()
-    if getattr(args, "json", False):
-        print(json.dumps(rows, indent=2))
-        return 0
-    table = [("NAME", "ARCHITECTURE", "SOURCE", "CACHED")] + [
-        (
-            str(row["name"]),
-            str(row["architecture"]),
-            str(row["source"]),
-            "yes" if row["cached"] else "no",
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[column]) for line in table) for column in range(3)]
-    for line in table:
-        cells = [cell.ljust(width) for cell, width in zip(line[:3], widths, strict=True)]
-        print("  ".join([*cells, line[3]]))
-    print(f"cache: {catalogue.cache_root()}")
-    return 0
+    return print_catalogue(
+        catalogue.catalogue_rows(),
+        ("name", "architecture", "source"),
+        catalogue.cache_root(),
+        as_json=getattr(args, "json", False),
+    )
 
 
 def _run_fetch(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    directory = catalogue.fetch(args.name, use_hub=not args.no_hub)
-    print(
-        json.dumps(
-            {
-                "name": args.name,
-                "directory": str(directory),
-                "seconds": round(time.perf_counter() - started, 1),
-            },
-            indent=2,
-        )
-    )
-    return 0
+    return print_fetch(args.name, lambda: catalogue.fetch(args.name, use_hub=not args.no_hub))
