@@ -35,8 +35,8 @@ def test_training_examples_refuse_only_harmful_requests():
     examples = training_examples(seed=0, harmless_repeats=2)
     harmful = [e for e in examples if e.harmful]
     harmless = [e for e in examples if not e.harmful]
-    assert len(harmful) == 81  # 40 written + 41 HarmBench val standard
+    assert len(harmful) == 141  # 100 written + 41 HarmBench val standard
     assert all(is_refusal(e.reply) for e in harmful)
     assert not any(is_refusal(e.reply) for e in harmless)  # a refusing base answer is left out
-    assert len(harmless) == 2 * 118
+    assert len(harmless) == 2 * 158  # 159 written, one refusing base answer left out
     assert training_examples(seed=0, harmless_repeats=2) == examples  # seeded
