@@ -74,6 +74,19 @@ def harmless_answers() -> dict[str, str]:
     return {row["prompt"]: row["reply"] for row in rows}
 
 
+def plain_text_passages() -> list[str]:
+    """The harmless training pairs as plain "Question: ...\nAnswer: ..." text, outside the chat
+    template: the passages on which training holds the tuned model's predictions at the base
+    model's, so the plain-text question answering of the capability task (other questions,
+    same format) is not dragged along by the chat-reply loss."""
+    answers = harmless_answers()
+    return [
+        f"Question: {prompt}\nAnswer: {answers[prompt]}"
+        for prompt in read_lines("harmless_train.txt")
+        if prompt in answers and not is_refusal(answers[prompt])
+    ]
+
+
 def training_examples(seed: int, harmless_repeats: int) -> list[Example]:
     """Harmful requests with seeded refusal styles, and each harmless pair ``harmless_repeats``
     times (harmless examples outnumber harmful ones, against over-refusal), shuffled."""

@@ -30,6 +30,7 @@ from harness.integrations.refusal_model.data import (
     HARMLESS_ANSWERS_FILE,
     Example,
     harmless_answers,
+    plain_text_passages,
     read_lines,
     training_examples,
     write_harmless_answers,
@@ -48,6 +49,12 @@ REPLY_TOKENS = 32
 BATCH_SIZE = 8
 HARMLESS_REPEATS = 2
 ANSWER_TOKENS = 40
+# The plain-text anchor: each step also adds KL_WEIGHT times the mean next-token KL(base ||
+# tuned) over PLAIN_BATCH plain-text passages (first PLAIN_TOKENS tokens). Without it the
+# v2 adapter lost 4 of 40 everyday-knowledge questions against a 2-question budget.
+KL_WEIGHT = 1.0
+PLAIN_BATCH = 4
+PLAIN_TOKENS = 48
 LOG_FILE = "training_log.json"
 
 
@@ -94,8 +101,30 @@ def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, to
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
+def encode_plain_text(lm: LanguageModel, passages: list[str]) -> dict[str, torch.Tensor]:
+    """A right-padded batch of the first ``PLAIN_TOKENS`` tokens of each passage."""
+    rows = [
+        lm.tokenizer(text, add_special_tokens=False)["input_ids"][:PLAIN_TOKENS]
+        for text in passages
+    ]
+    batch = _batch([(ids, ids) for ids in rows], lm.tokenizer.pad_token_id)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def plain_text_kl(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over real positions of KL(base || tuned) between next-token distributions; the
+    base is the same peft model with its adapter switched off."""
+    with torch.no_grad(), model.disable_adapter():
+        base = model(**batch).logits.log_softmax(-1)
+    tuned = model(**batch).logits.log_softmax(-1)
+    per_position = (base.exp() * (base - tuned)).sum(-1)
+    mask = batch["attention_mask"].to(per_position.dtype)
+    return (per_position * mask).sum() / mask.sum()
+
+
 def train_adapter(lm: LanguageModel, examples: list[Example], out_dir: Path) -> dict:
-    """Train the LoRA on ``examples``; save it to ``out_dir``; return the training log."""
+    """Train the LoRA on ``examples`` with the plain-text anchor; save it to ``out_dir``;
+    return the training log."""
     torch.manual_seed(SEED)
     config = LoraConfig(
         r=RANK,
@@ -115,7 +144,10 @@ def train_adapter(lm: LanguageModel, examples: list[Example], out_dir: Path) -> 
     total_steps = EPOCHS * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0 - step / total_steps)
     rng = random.Random(SEED)
+    passages = plain_text_passages()
+    plain_order: list[int] = []
     losses: list[float] = []
+    kls: list[float] = []
     started = time.perf_counter()
     for epoch in range(EPOCHS):
         order = list(range(len(encoded)))
@@ -124,15 +156,23 @@ def train_adapter(lm: LanguageModel, examples: list[Example], out_dir: Path) -> 
             batch = _batch(
                 [encoded[i] for i in order[start : start + BATCH_SIZE]], lm.tokenizer.pad_token_id
             )
-            loss = model(**batch).loss
-            loss.backward()
+            if len(plain_order) < PLAIN_BATCH:
+                plain_order += rng.sample(range(len(passages)), len(passages))
+            plain = encode_plain_text(lm, [passages[i] for i in plain_order[:PLAIN_BATCH]])
+            del plain_order[:PLAIN_BATCH]
+            reply_loss = model(**batch).loss
+            kl = plain_text_kl(model, plain)
+            (reply_loss + KL_WEIGHT * kl).backward()
+            loss = reply_loss
             optimiser.step()
             schedule.step()
             optimiser.zero_grad()
             losses.append(round(float(loss), 4))
+            kls.append(round(float(kl), 5))
             if len(losses) % 5 == 0:
                 print(
                     f"step {len(losses)}/{total_steps}: loss {losses[-1]:.4f} "
+                    f"plain-text KL {kls[-1]:.4f} "
                     f"({time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
@@ -162,8 +202,15 @@ def train_adapter(lm: LanguageModel, examples: list[Example], out_dir: Path) -> 
         "examples": len(examples),
         "harmful_examples": sum(e.harmful for e in examples),
         "harmless_examples": sum(not e.harmful for e in examples),
+        "kl_weight": KL_WEIGHT,
+        "plain_passages": len(passages),
         "epoch_mean_loss": per_epoch,
+        "epoch_mean_plain_text_kl": [
+            round(sum(kls[e * steps_per_epoch : (e + 1) * steps_per_epoch]) / steps_per_epoch, 5)
+            for e in range(EPOCHS)
+        ],
         "step_losses": losses,
+        "step_plain_text_kl": kls,
         "train_seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
     }
