@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +33,26 @@ def any_tiny_model(request: pytest.FixtureRequest) -> LanguageModel:
 @pytest.fixture(scope="session")
 def qwen3_tiny() -> LanguageModel:
     return tiny_model("qwen3")
+
+
+def saved_model_and_prompts(tmp_path: Path, lm: LanguageModel) -> tuple[str, str]:
+    """``lm`` saved as a model directory and PROMPTS as a prompts file, for the CLI."""
+    model_dir = tmp_path / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS))
+    return str(model_dir), str(prompts)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real local Ray cluster (loopback, 2 CPUs), one per test module: starting Ray costs
+    seconds, and a module's first test may check that none is running yet."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

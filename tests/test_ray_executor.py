@@ -40,13 +40,6 @@ def test_unreachable_cluster_is_one_clear_error():
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("local")
     behavior = small_anti_refusal(directory, prompts=8, max_new_tokens=8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import PROMPTS
+from conftest import PROMPTS, saved_model_and_prompts
 
 import harness.engine.sensitivity
 import harness.engine.shared_passes
@@ -181,17 +181,8 @@ def test_interrupted_map_resumes_to_the_same_result(tmp_path, qwen3_tiny, tiny_m
         load_state(state_path, {"run": "other"})
 
 
-def _saved_model_and_prompts(tmp_path, lm) -> tuple[str, str]:
-    model_dir = tmp_path / "model"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS))
-    return str(model_dir), str(prompts)
-
-
 def test_map_command_writes_table_vectors_and_heatmap(tmp_path, qwen3_tiny):
-    model_dir, prompts = _saved_model_and_prompts(tmp_path, qwen3_tiny)
+    model_dir, prompts = saved_model_and_prompts(tmp_path, qwen3_tiny)
     out = tmp_path / "map"
     code = main(["map", "--model", model_dir, "--prompts", prompts, "--pairs",
                  "0:2,1:3", "-k", "2", "--out", str(out), "--dtype", "float64"])  # fmt: skip
@@ -205,7 +196,7 @@ def test_map_command_writes_table_vectors_and_heatmap(tmp_path, qwen3_tiny):
 
 
 def test_map_command_adds_kl_and_reuses_a_finished_map(tmp_path, qwen3_tiny, monkeypatch):
-    model_dir, prompts = _saved_model_and_prompts(tmp_path, qwen3_tiny)
+    model_dir, prompts = saved_model_and_prompts(tmp_path, qwen3_tiny)
     out = tmp_path / "map"
     arguments = ["map", "--model", model_dir, "--prompts", prompts, "--pairs", "0:2,1:3",
                  "-k", "2", "--out", str(out), "--dtype", "float64"]  # fmt: skip

@@ -211,13 +211,7 @@ def sensitivity_map(
     """
     started = time.perf_counter()
     d_model = lm.d_model
-    if not 1 <= num_vectors <= d_model:
-        raise PowersteerError(f"num_vectors={num_vectors} must be in 1..d_model={d_model}")
-    pairs = list(all_pairs(lm.n_layers) if pairs is None else pairs)
-    if not pairs:
-        raise PowersteerError("no layer pairs to map; the model needs at least two blocks")
-    for source, target in pairs:
-        resolve_layer_pair(source, target, lm.n_layers)
+    pairs = checked_pairs(lm, pairs, num_vectors)
     batch = encode_prompts(lm, prompts, target_tokens=target_tokens)
     dtype = lm.compute_dtype
     sites = {
@@ -256,6 +250,19 @@ def sensitivity_map(
         "seed": seed, "target_tokens": target_tokens, "oversample": oversample,
         "max_rows": max_rows, **sites,
     })  # fmt: skip
+
+
+def checked_pairs(lm: LanguageModel, pairs: Sequence[Pair] | None, num_vectors: int) -> list[Pair]:
+    """The pairs to map (default: all), after checking them and ``num_vectors`` on ``lm``."""
+    d_model = lm.d_model
+    if not 1 <= num_vectors <= d_model:
+        raise PowersteerError(f"num_vectors={num_vectors} must be in 1..d_model={d_model}")
+    pairs = list(all_pairs(lm.n_layers) if pairs is None else pairs)
+    if not pairs:
+        raise PowersteerError("no layer pairs to map; the model needs at least two blocks")
+    for source, target in pairs:
+        resolve_layer_pair(source, target, lm.n_layers)
+    return pairs
 
 
 def _step(

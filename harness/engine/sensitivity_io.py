@@ -18,6 +18,7 @@ import torch
 
 from harness.engine.safetensors_io import DamagedFile, read_checked, read_header, write_checked
 from harness.engine.sensitivity import MapState, SensitivityMap
+from harness.engine.shared_passes import Pair
 from harness.errors import PowersteerError, PowersteerWarning
 from harness.files import atomic_write, atomic_write_json
 
@@ -33,6 +34,13 @@ def save_map(out_dir: str | os.PathLike[str], result: SensitivityMap, **metadata
     ``map.parquet`` (one row per pair and singular value) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _write_table(out, result)
+    # Last: its presence is what marks the map finished.
+    _write_map_file(out / MAP_FILE, result, metadata)
+    return out
+
+
+def _write_map_file(path: Path, result: SensitivityMap, metadata: dict[str, Any]) -> None:
     header = {
         "n_layers": result.n_layers,
         "iterations": result.iterations,
@@ -48,10 +56,9 @@ def save_map(out_dir: str | os.PathLike[str], result: SensitivityMap, **metadata
         "singular_values": result.singular_values.contiguous(),
         "vectors": result.vectors.contiguous(),
     }
-    _write_table(out, result)
-    # Last: its presence is what marks the map finished.
-    write_checked(out / MAP_FILE, tensors, {"powersteer_map": json.dumps(header)})
-    return out
+    if result.residuals is not None:
+        tensors["residuals"] = result.residuals.contiguous()
+    write_checked(path, tensors, {"powersteer_map": json.dumps(header)})
 
 
 def _write_table(out: Path, result: SensitivityMap) -> None:
@@ -63,10 +70,15 @@ def load_map(out_dir: str | os.PathLike[str]) -> SensitivityMap:
     path = Path(out_dir) / MAP_FILE
     if not path.exists():
         raise PowersteerError(f"{path} does not exist; run `powersteer map ... --out {out_dir}`")
+    return _read_map_file(path)[0]
+
+
+def _read_map_file(path: Path) -> tuple[SensitivityMap, dict[str, Any]]:
+    """The map in ``path`` and its whole header; DamagedFile when either is unsound."""
     tensors, metadata = read_checked(path)
     try:
         header = json.loads(metadata["powersteer_map"])
-        return _map_from(tensors, header)
+        return _map_from(tensors, header), header
     except (KeyError, TypeError, ValueError) as error:
         raise DamagedFile(f"{path}: its map metadata is incomplete ({error}); map again") from None
 
@@ -76,6 +88,7 @@ def _map_from(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> Sensi
         pairs=[tuple(pair) for pair in tensors["pairs"].tolist()],
         singular_values=tensors["singular_values"],
         vectors=tensors["vectors"],
+        residuals=tensors.get("residuals"),
         iterations=header["iterations"],
         converged=header["converged"],
         n_layers=header["n_layers"],
@@ -114,6 +127,60 @@ def map_directory(out_dir: str | os.PathLike[str], config: dict[str, Any]) -> Pa
         return out
     digest = hashlib.sha256(json.dumps(_canonical(config), sort_keys=True).encode()).hexdigest()
     return out / f"settings-{digest[:8]}"
+
+
+def save_unit(path: str | os.PathLike[str], result: SensitivityMap, key: str) -> Path:
+    """Write one work unit's map (:mod:`harness.engine.map_units`) to ``path``, under ``key``."""
+    path = Path(path)
+    _write_map_file(path, result, {"unit_key": key})
+    return path
+
+
+def load_unit(
+    path: str | os.PathLike[str], key: str, pairs: list[Pair], num_vectors: int, d_model: int
+) -> SensitivityMap | None:
+    """The unit map saved in ``path`` if it is sound and is the unit ``key`` of ``pairs``;
+    None when there is none; a damaged or foreign file is reported, removed and left for
+    recomputing."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        result, header = _read_map_file(path)
+    except DamagedFile as error:
+        return _discard(path, str(error), UNIT_DISCARDED)
+    problem = _unit_problem(result, header, key, pairs, num_vectors, d_model)
+    return _discard(path, problem, UNIT_DISCARDED) if problem else result
+
+
+def _unit_problem(
+    result: SensitivityMap,
+    header: dict[str, Any],
+    key: str,
+    pairs: list[Pair],
+    num_vectors: int,
+    d_model: int,
+) -> str | None:
+    """Why a loaded unit cannot be used, or None when it is the unit asked for and sound."""
+    if header.get("unit_key") != key:
+        return "it was written for another unit (its key differs)"
+    if result.pairs != [tuple(pair) for pair in pairs]:
+        return f"it holds pairs {result.pairs}, not {pairs}"
+    n = len(pairs)
+    expected = {"singular_values": (n, num_vectors), "vectors": (n, num_vectors, d_model),
+                "residuals": (n, num_vectors)}  # fmt: skip
+    for name, shape in expected.items():
+        tensor = getattr(result, name)
+        if tensor is None or tuple(tensor.shape) != shape:
+            return f"its {name} are not of shape {shape}"
+        if not bool(torch.isfinite(tensor).all()):
+            return f"its {name} hold NaN or infinity"
+    if len(result.iterations) != n or len(result.converged) != n:
+        return "its iterations or converged flags do not cover its pairs"
+    norms = result.vectors.double().norm(dim=-1)
+    if float((norms - 1).abs().max()) > ORTHONORMAL_TOLERANCE:
+        return "its vectors are not of unit length"
+    return None
 
 
 def _saved_config(out: Path) -> Any:
@@ -182,9 +249,14 @@ def _state_problem(state: MapState) -> str | None:
     return None
 
 
-def _discard(path: Path, reason: str) -> None:
+STATE_DISCARDED = "cannot resume from it ({}); starting the map afresh"
+UNIT_DISCARDED = "not reused ({}); computing this unit again"
+
+
+def _discard(path: Path, reason: str, what_now: str = STATE_DISCARDED) -> None:
+    """Warn that ``path`` is not used, why, and what happens instead; remove it."""
     warnings.warn(
-        f"{path}: cannot resume from it ({reason}); starting the map afresh",
+        f"{path}: {what_now.format(reason)}",
         PowersteerWarning,
         stacklevel=3,
     )

@@ -19,11 +19,13 @@ from harness.engine.prompts import (
 from harness.engine.subspace import SOLVERS
 from harness.errors import PowersteerError, PowersteerWarning
 from harness.files import atomic_write, directory_lock
+from harness.integrations.cli.executor import add_executor_arguments, map_executor_from_args
 from harness.integrations.cli.parsing import add_command, add_no_wait_flag, require_directory
 
 if TYPE_CHECKING:
     import torch
 
+    from harness.engine.map_units import MapExecutor
     from harness.engine.models import LanguageModel
     from harness.engine.sensitivity import SensitivityMap
 
@@ -120,9 +122,11 @@ def add_map_command(commands: argparse._SubParsersAction) -> None:
         "(source, target) block pair, sharing passes across pairs. Writes map.safetensors, "
         "map.parquet and sigma1_heatmap.png (with --kl-scale also map_kl.parquet and "
         "kl_heatmap.png); a killed run continues where it stopped, and a finished map is "
-        "reused.",
+        "reused. With --executor ray the map is cut into units by source block, mapped on "
+        "Ray actors and merged; finished units are kept in OUT/map_units and reused.",
         examples=[
-            "powersteer map --prompts prompts.txt --pairs all -k 4 --kl-scale 0.25 --out map/"
+            "powersteer map --prompts prompts.txt --pairs all -k 4 --kl-scale 0.25 --out map/",
+            "powersteer map --prompts prompts.txt --out map/ --executor ray --workers 2",
         ],
     )
     _add_prompt_arguments(mapping)
@@ -159,6 +163,10 @@ def add_map_command(commands: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None, help="output directory (default: reports/map-MODEL)"
     )
     add_no_wait_flag(mapping)
+    add_executor_arguments(
+        mapping, choice="map here in one go (local, default; resumable by iteration) or cut "
+        "into units by source block on Ray actors (resumable by unit)", cache_modes=False,
+    )  # fmt: skip
     mapping.set_defaults(handler=_run_map)  # fmt: skip
 
 
@@ -284,18 +292,23 @@ def _run_map(args: argparse.Namespace) -> int:
             "--candidates-out ranks pairs by next-token KL; give --kl-scale too (e.g. 1.0)"
         )
     require_directory(out)
-    lm, prompts = _model_and_prompts(args)
-    pairs = parse_pairs(args.pairs, lm.n_layers)
-    config = {"model": str(args.model), "prompts": prompts, "pairs": pairs, "k": args.k,
-              "max_iter": args.max_iter, "seed": args.seed, "target_tokens": args.target_tokens,
-              "dtype": args.dtype}  # fmt: skip
-    with directory_lock(out, wait=args.wait, what="map"):
-        directory = map_directory(out, config)
-        if directory != out:
-            print(f"{out} holds a finished map with other settings, which is kept; writing "
-                  f"this map to {directory}", file=sys.stderr)  # fmt: skip
-        result = _finished_or_computed_map(args, lm, prompts, directory, config)
-        summary = _map_outputs(args, lm, prompts, directory, result)
+    executor = map_executor_from_args(args)  # before the model: a bad address fails at once
+    try:
+        lm, prompts = _model_and_prompts(args)
+        pairs = parse_pairs(args.pairs, lm.n_layers)
+        config = {"model": str(args.model), "prompts": prompts, "pairs": pairs, "k": args.k,
+                  "max_iter": args.max_iter, "seed": args.seed,
+                  "target_tokens": args.target_tokens, "dtype": args.dtype}  # fmt: skip
+        with directory_lock(out, wait=args.wait, what="map"):
+            directory = map_directory(out, config)
+            if directory != out:
+                print(f"{out} holds a finished map with other settings, which is kept; writing "
+                      f"this map to {directory}", file=sys.stderr)  # fmt: skip
+            result = _finished_or_computed_map(args, lm, prompts, directory, config, executor)
+            summary = _map_outputs(args, lm, prompts, directory, result)
+    finally:
+        if executor is not None:
+            executor.shutdown()
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -306,36 +319,74 @@ def _finished_or_computed_map(
     prompts: list[str],
     directory: Path,
     config: dict[str, Any],
+    executor: MapExecutor | None,
 ) -> SensitivityMap:
-    """The finished map in ``directory`` with these settings, else computed (resuming from
-    its state file, which each iteration checkpoints) and saved there."""
+    """The finished map in ``directory`` with these settings, else computed and saved there:
+    by ``executor`` unit by unit, or (None) here in one go, resuming from its state file,
+    which each iteration checkpoints."""
     # These import torch: not needed for --help.
-    from harness.engine.sensitivity import sensitivity_map
-    from harness.engine.sensitivity_io import (
-        STATE_FILE,
-        finished_map,
-        load_state,
-        save_map,
-        save_state,
-    )
+    from harness.engine.sensitivity_io import STATE_FILE, finished_map, save_map
 
     result = finished_map(directory, config)
     if result is not None:
         print(f"reusing the finished map in {directory}", file=sys.stderr)
         return result
     directory.mkdir(parents=True, exist_ok=True)
+    if executor is None:
+        result = _whole_map(args, lm, prompts, directory, config)
+    else:
+        result = _map_in_units(args, lm, prompts, directory, config["pairs"], executor)
+    save_map(directory, result, config=config, n_prompts=len(prompts))
+    (directory / STATE_FILE).unlink(missing_ok=True)  # only now: a kill before leaves it
+    return result
+
+
+def _map_in_units(
+    args: argparse.Namespace,
+    lm: LanguageModel,
+    prompts: list[str],
+    directory: Path,
+    pairs: list[tuple[int, int]],
+    executor: MapExecutor,
+) -> SensitivityMap:
+    """The map computed by ``executor`` unit by unit, reusing the units in OUT/map_units."""
+    # These import torch: not needed for --help.
+    from harness.engine.map_units import UNITS_DIR, map_in_units
+    from harness.evaluation.cache import model_fingerprint
+
+    # The unit keys name the weights: a same-named model trained again maps afresh.
+    identity = {"model": str(args.model), "fingerprint": model_fingerprint(lm)}
+    outcome = map_in_units(
+        lm, prompts, pairs, executor=executor, unit_dir=directory / UNITS_DIR,
+        identity=identity, progress=True, num_vectors=args.k, max_iter=args.max_iter,
+        seed=args.seed, target_tokens=args.target_tokens, max_rows=args.max_rows,
+    )  # fmt: skip
+    print(f"map units: {outcome.computed} computed, {outcome.reused} reused "
+          f"({directory / UNITS_DIR})", file=sys.stderr)  # fmt: skip
+    return outcome.result
+
+
+def _whole_map(
+    args: argparse.Namespace,
+    lm: LanguageModel,
+    prompts: list[str],
+    directory: Path,
+    config: dict[str, Any],
+) -> SensitivityMap:
+    """The map computed here in one go, resuming from and checkpointing its state file."""
+    # These import torch: not needed for --help.
+    from harness.engine.sensitivity import sensitivity_map
+    from harness.engine.sensitivity_io import STATE_FILE, load_state, save_state
+
     state_path = directory / STATE_FILE
     resume = load_state(state_path, config)
     if resume is not None:
         print(f"resuming {state_path} after iteration {resume.iteration}", file=sys.stderr)
-    result = sensitivity_map(
+    return sensitivity_map(
         lm, prompts, config["pairs"], args.k, max_iter=args.max_iter, seed=args.seed,
         target_tokens=args.target_tokens, max_rows=args.max_rows, progress=True,
         resume=resume, checkpoint=lambda state: save_state(state_path, state, config),
     )  # fmt: skip
-    save_map(directory, result, config=config, n_prompts=len(prompts))
-    state_path.unlink(missing_ok=True)
-    return result
 
 
 def _map_outputs(
