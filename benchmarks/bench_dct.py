@@ -4,8 +4,8 @@ Loads a behavior file and a model, prepares the behavior as ``powersteer run`` d
 prompts, split, layer pair and target tokens), then finds ``num_vectors`` vectors with
 each unsupervised method at the behavior's options (``--dct`` adds or overrides DCT's),
 and prints each method's sweeps, prompt-weighted sweeps and wall time, and the ratios to
-Power Steering (or the first method run). DCT's calibrated input scale is printed too (a calibration target out of
-reach is a warning, shown as it happens):
+Power Steering (or the first method run). DCT's calibrated input scale is printed too (a
+calibration target out of reach is a warning, shown as it happens):
 
     python benchmarks/bench_dct.py behaviors/organism/anti_refusal.yaml --model organism
     python benchmarks/bench_dct.py behaviors/real/list_format.yaml \
