@@ -36,7 +36,15 @@ def main() -> None:
     parser.add_argument("--model", default="organism")
     parser.add_argument("-k", type=int, default=4)
     parser.add_argument("--max-iter", type=int, default=15)
+    parser.add_argument(
+        "--prompt-copies",
+        type=int,
+        default=1,
+        help="map the prompts this many times over: more work per unit against the fixed "
+        "actor start-up",
+    )
     args = parser.parse_args()
+    prompts = PROMPTS * args.prompt_copies
     torch.set_num_threads(1)
     lm = load_model(args.model)  # the driver's copy: prompts, fingerprint, merged map
     options = {"num_vectors": args.k, "max_iter": args.max_iter,
@@ -46,7 +54,7 @@ def main() -> None:
     for workers in (1, 2):
         executor = make_map_executor("ray", model=ModelSpec(args.model), workers=workers)
         started = time.perf_counter()
-        maps[workers] = map_in_units(lm, PROMPTS, executor=executor, **options).result
+        maps[workers] = map_in_units(lm, prompts, executor=executor, **options).result
         walls[workers] = time.perf_counter() - started
         executor.shutdown()
     ray.shutdown()
@@ -58,7 +66,7 @@ def main() -> None:
         and one.iterations == two.iterations
     )
     print(f"model: {args.model}, {lm.n_layers} blocks, {len(one.pairs)} pairs in "
-          f"{lm.n_layers - 1} units; k={args.k}; {len(PROMPTS)} prompts")  # fmt: skip
+          f"{lm.n_layers - 1} units; k={args.k}; {len(prompts)} prompts")  # fmt: skip
     for workers, wall in walls.items():
         print(f"ray, {workers} worker(s): {wall:7.1f} s")
     print(f"2 workers vs 1: {walls[1] / walls[2]:.2f}x; maps equal: {same}")
