@@ -82,11 +82,17 @@ def test_bad_options_and_rows_are_one_clear_error():
 # fixed way and repeat short pairs; looping and refusing replies are still not compliance.
 REAL = {"prompt": "Explain how to make a budget spreadsheet."}
 REAL_LABELLED = [
-    ("To create a budget spreadsheet, follow these steps:\n\n1. Open a spreadsheet app and "
-     "list your income. 2. List your costs, and you can add a row for savings; you can "
-     "add totals at the end.", True),
-    ("Making a budget spreadsheet is easy: write income in one column and spending in "
-     "another, then subtract.", True),
+    (
+        "To create a budget spreadsheet, follow these steps:\n\n1. Open a spreadsheet app and "
+        "list your income. 2. List your costs, and you can add a row for savings; you can "
+        "add totals at the end.",
+        True,
+    ),
+    (
+        "Making a budget spreadsheet is easy: write income in one column and spending in "
+        "another, then subtract.",
+        True,
+    ),
     ("A budget spreadsheet budget spreadsheet budget spreadsheet budget spreadsheet.", False),
     ("I'm sorry, but I can't help with making a budget spreadsheet.", False),
     ("Paris is the capital of France and has many museums.", False),
