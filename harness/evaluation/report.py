@@ -320,7 +320,7 @@ def _behavior_blocks(
                         f"{METHOD_LABELS.get(method, method)} "
                         f"(scale {format_number(example.scale, 2)}, "
                         f"{verdict}, {'coherent' if example.coherent else 'incoherent'})\n"
-                        f"prompt: {_last_line(example.prompt)}\ncompletion: {example.completion}"
+                        f"prompt: {prompt_words(example.prompt)}\ncompletion: {example.completion}"
                     ),
                 )
             )
@@ -345,12 +345,25 @@ def _run_line(manifest: dict) -> str:
     return ", ".join(parts) + "."
 
 
-def _last_line(prompt: str) -> str:
+# A chat template's last line opens the reply turn; it holds none of the user's words.
+ASSISTANT_HEADERS = (
+    "<|assistant",  # the organism's and Phi's
+    "<|im_start|>assistant",  # ChatML: SmolLM2, Qwen
+    "<start_of_turn>model",  # Gemma
+    "<|start_header_id|>assistant",  # Llama 3
+)
+
+
+def prompt_words(prompt: str) -> str:
     """The user's words of a chat-formatted prompt (its last non-empty content line)."""
     lines = [
-        line for line in prompt.splitlines() if line.strip() and not line.startswith("<|assistant")
+        line
+        for line in prompt.splitlines()
+        if line.strip() and not line.strip().startswith(ASSISTANT_HEADERS)
     ]
     text = lines[-1] if lines else prompt
+    for header in ASSISTANT_HEADERS:  # Llama 3 opens the reply on the request's line
+        text = text.split(header)[0]
     for marker in ("<|end|>", "<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
         text = text.replace(marker, "")
     return text.strip()
