@@ -74,39 +74,39 @@ def harmless_answers() -> dict[str, str]:
     return {row["prompt"]: row["reply"] for row in rows}
 
 
+def harmless_pairs() -> list[tuple[str, str]]:
+    """The harmless training requests with the base model's answers, less the answers that
+    themselves refuse (they would teach refusal of a harmless request)."""
+    answers = harmless_answers()
+    prompts = read_lines("harmless_train.txt")
+    missing = [prompt for prompt in prompts if prompt not in answers]
+    if missing:
+        raise PowersteerError(
+            f"{HARMLESS_ANSWERS_FILE} has no answer for {missing[0]!r}; regenerate it with "
+            "`python -m harness.integrations.refusal_model.train --answers-only`"
+        )
+    return [(prompt, answers[prompt]) for prompt in prompts if not is_refusal(answers[prompt])]
+
+
 def plain_text_passages() -> list[str]:
     """The harmless training pairs as plain "Question: ...\nAnswer: ..." text, outside the chat
     template: the passages on which training holds the tuned model's predictions at the base
     model's, so the plain-text question answering of the capability task (other questions,
     same format) is not dragged along by the chat-reply loss."""
-    answers = harmless_answers()
-    return [
-        f"Question: {prompt}\nAnswer: {answers[prompt]}"
-        for prompt in read_lines("harmless_train.txt")
-        if prompt in answers and not is_refusal(answers[prompt])
-    ]
+    return [f"Question: {prompt}\nAnswer: {answer}" for prompt, answer in harmless_pairs()]
 
 
 def training_examples(seed: int, harmless_repeats: int) -> list[Example]:
     """Harmful requests with seeded refusal styles, and each harmless pair ``harmless_repeats``
     times (harmless examples outnumber harmful ones, against over-refusal), shuffled."""
     rng = random.Random(seed)
-    answers = harmless_answers()
-    missing = [prompt for prompt in read_lines("harmless_train.txt") if prompt not in answers]
-    if missing:
-        raise PowersteerError(
-            f"{HARMLESS_ANSWERS_FILE} has no answer for {missing[0]!r}; regenerate it with "
-            "`python -m harness.integrations.refusal_model.train --answers-only`"
-        )
     examples = [
         Example(prompt, rng.choice(REFUSAL_STYLES), harmful=True)
         for prompt in harmful_train_prompts()
     ]
-    # A base answer that itself refuses would teach refusal of a harmless request: left out.
     examples += [
-        Example(prompt, answers[prompt], harmful=False)
-        for prompt in read_lines("harmless_train.txt")
-        if not is_refusal(answers[prompt])
+        Example(prompt, answer, harmful=False)
+        for prompt, answer in harmless_pairs()
         for _ in range(harmless_repeats)
     ]
     rng.shuffle(examples)

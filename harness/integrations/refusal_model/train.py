@@ -163,12 +163,11 @@ def train_adapter(lm: LanguageModel, examples: list[Example], out_dir: Path) -> 
             reply_loss = model(**batch).loss
             kl = plain_text_kl(model, plain)
             (reply_loss + KL_WEIGHT * kl).backward()
-            loss = reply_loss
             optimiser.step()
             schedule.step()
             optimiser.zero_grad()
-            losses.append(round(float(loss), 4))
-            kls.append(round(float(kl), 5))
+            losses.append(round(reply_loss.item(), 4))
+            kls.append(round(kl.item(), 5))
             if len(losses) % 5 == 0:
                 print(
                     f"step {len(losses)}/{total_steps}: loss {losses[-1]:.4f} "
