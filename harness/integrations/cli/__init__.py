@@ -1,9 +1,9 @@
 """The ``powersteer`` command line. Each subcommand is a thin shell over the Python API.
 
 One module per command group: :mod:`.run` (run, report, rescore, capability, lm-eval),
-:mod:`.vectors` (vectors, map), :mod:`.import_vectors` (import-vectors), :mod:`.generate`
-(generate), :mod:`.export` (export), :mod:`.behaviors` (validate, new) and :mod:`.models`
-(models list/fetch), :mod:`.datasets` (datasets list/fetch); the organism's commands
+:mod:`.vectors` (vectors), :mod:`.map` (map), :mod:`.import_vectors` (import-vectors),
+:mod:`.generate` (generate), :mod:`.export` (export), :mod:`.behaviors` (validate, new),
+:mod:`.models` (models list/fetch), :mod:`.datasets` (datasets list/fetch); the organism's commands
 come from :mod:`harness.organism.cli`.
 """
 
@@ -27,9 +27,10 @@ from harness.integrations.cli.failures import (
 from harness.integrations.cli.generate import add_generate_command
 from harness.integrations.cli.import_command import add_import_command
 from harness.integrations.cli.import_vectors import add_import_vectors_command
+from harness.integrations.cli.map import add_map_command
 from harness.integrations.cli.models import add_models_commands
 from harness.integrations.cli.run import add_run_commands
-from harness.integrations.cli.vectors import add_map_command, add_vectors_command
+from harness.integrations.cli.vectors import add_vectors_command
 
 try:
     import harness.organism.cli as organism_cli

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from harness.errors import PowersteerError
-from harness.integrations.cli.parsing import add_command
-from harness.integrations.cli.vectors import check_out_file
+from harness.integrations.cli.parsing import add_command, check_out_file
 
 EXPORT_FORMATS = ("llama-cpp", "repeng", "lm-eval")
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from harness.errors import PowersteerError
 from harness.integrations.cli.import_vectors import run_reference_import
-from harness.integrations.cli.parsing import add_command
-from harness.integrations.cli.vectors import check_out_file
+from harness.integrations.cli.parsing import add_command, check_out_file
 from harness.integrations.import_formats import IMPORT_FORMATS, import_steering_file
 
 REFERENCE_FORMATS = {"power-ref": "power", "melbo-ref": "melbo"}

@@ -10,8 +10,7 @@ from harness.engine.reference_io import REFERENCE_METHODS, import_reference_vect
 from harness.engine.sites import SITES
 from harness.engine.vectors_io import save_vectors
 from harness.errors import PowersteerError
-from harness.integrations.cli.parsing import add_command
-from harness.integrations.cli.vectors import check_out_file
+from harness.integrations.cli.parsing import add_command, check_out_file
 
 
 def add_import_vectors_command(commands: argparse._SubParsersAction) -> None:

@@ -49,3 +49,11 @@ def require_directory(path: Path | None, flag: str = "--out") -> None:
             f"{flag} {path} is {what}, not a directory; give a directory path (it is created "
             "if missing) or remove the file"
         )
+
+
+def check_out_file(out: Path) -> None:
+    """Refuse, before any work, an ``--out`` that is a directory (a vectors file is wanted)."""
+    if out.is_dir():
+        raise PowersteerError(
+            f"--out {out} is a directory; give the path of the .safetensors file to write"
+        )
