@@ -20,13 +20,16 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from harness.evaluation.analysis import selected_table
+from harness.evaluation.layer_selection import chosen_pairs
 from harness.evaluation.pipeline import run
 
 REAL_BEHAVIORS = Path(__file__).resolve().parents[1] / "behaviors" / "real"
 
 
-def auto_copy(source: Path, directory: Path) -> Path:
-    """A copy of ``source`` in ``directory`` with ``layers: auto`` for its hand-picked pair."""
+def auto_copy(source: Path, directory: Path, screen_keep: int | None = None) -> Path:
+    """A copy of ``source`` in ``directory`` with ``layers: auto`` for its hand-picked pair
+    (and ``screen_keep`` pairs kept by the screen, when given)."""
     data = yaml.safe_load(source.read_text())
     for section in ("prompts", "contrast"):
         if section in data and "path" in data[section]:
@@ -35,36 +38,26 @@ def auto_copy(source: Path, directory: Path) -> Path:
     steering.pop("source_layer", None)
     steering.pop("target_layer", None)
     steering["layers"] = "auto"
+    if screen_keep is not None:
+        steering["screen_keep"] = screen_keep
     path = directory / source.name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
 def held_out_summary(run_dir: Path) -> pd.DataFrame:
-    """Per behavior and method: the selected pair and scale, and the held-out effective
-    success (or mean score), as the report's summary gives it."""
+    """Per behavior and method: the held-out value at the selected scale with its 95%
+    interval (:func:`~harness.evaluation.analysis.selected_table`: effective success, or the
+    mean score) and, for a screened run, the pair the method chose
+    (:func:`~harness.evaluation.layer_selection.chosen_pairs`)."""
     results = pd.read_parquet(run_dir / "results.parquet")
-    test = results[(results.split == "test") & (results.method != "unsteered")]
-    test = test[test.scale == test.selected_scale]
-    # Rates as the report's effective success (an incoherent output is a failure); a
-    # behavior with a score and no success keeps its mean score.
-    effective = (test.success == True) & test.coherent.astype(bool)  # noqa: E712 (None rows)
-    test = test.assign(held_out=effective.astype(float).where(test.success.notna(), test.score))
-    # A run at one hand-picked pair may not carry the pair columns; a screened run does.
-    pair = {
-        column: (column, "first") for column in ("source_layer", "target_layer") if column in test
-    }
-    return (
-        test.groupby(["behavior", "method"])
-        .agg(
-            **pair,
-            scale=("scale", "first"),
-            n=("prompt_index", "nunique"),
-            held_out=("held_out", "mean"),
-            coherent=("coherent", "mean"),
-        )
-        .reset_index()
-    )
+    table = selected_table(results)
+    columns = ["behavior", "method", "scale", "n", "value", "low", "high", "coherent_fraction"]
+    table = table[columns]
+    pairs = chosen_pairs(results)  # empty for a run at one hand-picked pair
+    if not pairs.empty:
+        table = table.merge(pairs[["behavior", "method", "pair"]], how="left")
+    return table
 
 
 def main() -> None:
@@ -78,11 +71,14 @@ def main() -> None:
         default=["hand-picked", "auto"],
         help="run only these (each alone gives a clean wall time; a finished one is reread)",
     )
+    parser.add_argument(
+        "--screen-keep", type=int, help="pairs each auto screen keeps (default: the schema's)"
+    )
     args = parser.parse_args()
     hand_picked = sorted(REAL_BEHAVIORS.glob("*.yaml"))
     auto_dir = args.out / "auto_behaviors"
     auto_dir.mkdir(parents=True, exist_ok=True)
-    auto = [auto_copy(path, auto_dir) for path in hand_picked]
+    auto = [auto_copy(path, auto_dir, args.screen_keep) for path in hand_picked]
     walls = {}
     for name, files in (("hand-picked", hand_picked), ("auto", auto)):
         if name not in args.sets:

@@ -97,7 +97,7 @@ def sweep_behavior(
             lm,
             prepared.split_prompts("select"),
             candidate_pairs(behavior, lm.n_layers),
-            scale=behavior.steering.screen_scale,
+            scale=behavior.steering.resolved_screen_scale(),
             keep=behavior.steering.screen_keep,
             cache_root=cache.root,
             fingerprint=fingerprint,
