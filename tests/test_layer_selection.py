@@ -156,6 +156,11 @@ def _anti_refusal(directory: Path, name: str, *, prompts: Path | None = None, **
                         **steering}  # fmt: skip
     data["generation"]["max_new_tokens"] = 8
     data["expect"] = {}
+    # The selection mechanics are checked on the refusal scorer (8 tokens hold a refusal but
+    # rarely the on-topic answer compliance needs) and the 20/20 split they were sized for.
+    data["scorer"] = {"type": "refusal", "success": "not_refused"}
+    data.pop("extra_scorers", None)
+    data["split"] = {"select": 0.5, "seed": 0}
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

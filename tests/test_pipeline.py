@@ -50,6 +50,7 @@ def small_behavior(directory: Path, source: str = "anti_refusal", **changes) -> 
             data[section]["limit"] = 8
     data["steering"].update(num_vectors=2, scales=[0, 1, 2], options={"melbo": {"steps": 4}})
     data["generation"]["max_new_tokens"] = 12
+    data["split"] = {"select": 0.5, "seed": 0}  # 4 of the 8 prompts select
     for key, value in changes.items():
         data[key] = value
     path = directory / f"{source}.yaml"
@@ -210,11 +211,28 @@ def test_selection_uses_select_prompts_only(tmp_path, finished_run, monkeypatch)
     assert not turned.success[held_out & at_selection].any()
     assert turned.success[held_out & ~at_selection].all()
 
-    def select_turned_over(rows: pd.DataFrame) -> pd.Series:
-        success = rows.success.astype(bool)
-        return success.where(rows.split != "select", ~success)
+    # On the select prompts only one other cell of each method (coherent on some prompt)
+    # succeeds, at the selected vector and sign (rescore keeps those, which the test rows
+    # were measured at, and re-selects the scale): the selection must move to it.
+    steered = mine[(mine.split == "select") & (mine.method != "unsteered")]
+    coherent = steered.groupby(["method", "vector", "sign", "scale"])["coherent"].any()
+    other = {
+        method: next(
+            cell
+            for cell, ok in coherent.loc[[method]].droplevel(0).items()
+            if ok and cell[:2] == chosen[:2] and cell != chosen
+        )
+        for method, chosen in recorded.items()
+    }
 
-    assert _selected_cells(rescored(select_turned_over)) != recorded
+    def another_cell_wins(rows: pd.DataFrame) -> pd.Series:
+        cell = list(zip(rows.vector, rows.sign, rows.scale, strict=True))
+        wins = pd.Series(
+            [other.get(m) == c for m, c in zip(rows.method, cell, strict=True)], index=rows.index
+        )
+        return rows.success.astype(bool).where(rows.split != "select", wins)
+
+    assert _selected_cells(rescored(another_cell_wins)) == other
 
 
 def _selected_cells(rows: pd.DataFrame) -> dict[str, tuple[int, int, float]]:
