@@ -26,7 +26,8 @@ from harness.engine.vectors_io import load_vectors, save_vectors
 from harness.errors import PowersteerError, PowersteerWarning
 from harness.files import atomic_write_json
 
-CACHE_VERSION = 2  # bump when a cell's content would change for the same key (2: checksums)
+CACHE_VERSION = 3  # bump when a cell's content would change for the same key (2: checksums;
+# 3: the random control's own seed stream)
 # A cell's lists, one entry per prompt; logit_scores may instead be null.
 CELL_LISTS = ("completions", "loglik", "repetition", "logit_scores")
 
