@@ -13,7 +13,6 @@ how far the two rankings agree (top-3 overlap, Spearman correlation of the KL ra
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from scipy.stats import spearmanr
 
 from harness.engine.layers import auto_candidates
 from harness.engine.models import load_model
-from harness.engine.prompts import DEFAULT_TARGET_TOKENS, format_chat
+from harness.engine.prompts import DEFAULT_TARGET_TOKENS, format_chat, read_prompts
 from harness.engine.sensitivity import next_token_kl, rank_pairs, sensitivity_map
 
 BUDGETS = {"6 iterations, oversample 4": (6, 4), "3 iterations, no oversampling": (3, 0)}
@@ -30,13 +29,12 @@ BUDGETS = {"6 iterations, oversample 4": (6, 4), "3 iterations, no oversampling"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=Path, required=True, help="a .jsonl with 'prompt'")
+    parser.add_argument("--prompts", type=Path, required=True, help="a .txt, .jsonl or .json")
     parser.add_argument("-n", type=int, default=6, help="prompts (the select half's size)")
     parser.add_argument("--scale", type=float, default=1.0, help="the screen's +-scale")
     args = parser.parse_args()
     lm = load_model(args.model)
-    rows = [json.loads(line) for line in args.prompts.read_text().splitlines() if line.strip()]
-    prompts = format_chat(lm, [row["prompt"] for row in rows[: args.n]])
+    prompts = format_chat(lm, read_prompts(args.prompts, field="prompt")[: args.n])
     pairs = auto_candidates(lm.n_layers)
     ranked = {}
     for name, (iterations, oversample) in BUDGETS.items():
