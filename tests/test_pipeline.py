@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -28,8 +29,9 @@ from harness.evaluation.analysis import select_cells
 from harness.evaluation.behaviors import load_behavior
 from harness.evaluation.cache import ResultCache
 from harness.evaluation.cell_runner import CellRunner
+from harness.evaluation.geometry import read_vectors
 from harness.evaluation.pipeline import rescore, run
-from harness.evaluation.stats import mcnemar_exact, wilson_interval
+from harness.evaluation.stats import draws_bootstrap, mcnemar_exact, wilson_interval
 from harness.integrations.cli import main
 
 ORGANISM_BEHAVIORS = Path(__file__).resolve().parent.parent / "behaviors" / "organism"
@@ -97,8 +99,10 @@ def test_results_have_one_row_per_prompt_and_cell(finished_run):
     results = pd.read_parquet(finished_run.run_dir / "results.parquet")
     refusal = results[results.behavior == "organism_anti_refusal"]
     select = refusal[refusal.split == "select"]
-    # 4 select prompts x (unsteered + power/melbo/random 2 vectors + caa 1) x 2 signs x 2 scales
-    assert len(select) == 4 * (1 + (3 * 2 + 1) * 2 * 2)
+    # 4 select prompts x (unsteered + power/melbo and 3 random draws of 2 vectors + caa 1)
+    # x 2 signs x 2 scales
+    assert len(select) == 4 * (1 + (5 * 2 + 1) * 2 * 2)
+    assert {"random", "random#2", "random#3"} <= set(select.method)
     assert not set(select.prompt_index) & set(refusal[refusal.split == "test"].prompt_index)
     test = refusal[(refusal.split == "test") & (refusal.method != "unsteered")]
     # Held out: each method only at its selected vector and sign, at every scale.
@@ -155,7 +159,9 @@ def test_mcnemar_rows_match_the_paired_outcomes(finished_run):
     results = pd.read_parquet(finished_run.run_dir / "results.parquet")
     table = _markdown_tables_after(markdown, "### Comparisons at selected scales (test prompts)")[0]
     test = results[(results.behavior == "organism_anti_refusal") & (results.split == "test")]
-    for row in table:
+    mcnemar = [row for row in table if row["test"] == "exact McNemar"]
+    assert len(mcnemar) >= 3  # power vs melbo and every method vs unsteered
+    for row in mcnemar:
         outcomes = []
         for method in (row["A"], row["B"]):
             part = test[test.method == method]
@@ -165,6 +171,38 @@ def test_mcnemar_rows_match_the_paired_outcomes(finished_run):
             outcomes.append((part.success.astype(bool) & part.coherent).to_numpy())
         b_only, a_only, p_value = mcnemar_exact(*outcomes)
         assert row["only A / only B"] == f"{a_only} / {b_only}"
+        assert row["p"] == f"{p_value:.2g}"
+
+
+def test_random_draws_are_independent_directions(finished_run):
+    vectors = read_vectors(finished_run.run_dir)
+    draws = [vectors[f"organism_anti_refusal/{m}"] for m in ("random", "random#2", "random#3")]
+    stacked = torch.cat(draws).double()
+    overlaps = (stacked @ stacked.T - torch.eye(len(stacked), dtype=torch.float64)).abs()
+    # Independent unit vectors in d = 192 have |cos| about 0.07; a shared stream gives 1.
+    assert overlaps.max() < 0.35
+
+
+def test_comparisons_with_random_pool_its_draws(finished_run):
+    # Each method against random is tested against the mean of the 3 draws at their own
+    # selected cells, resampling prompts and draws (recomputed here from results alone).
+    markdown = (finished_run.run_dir / "report.md").read_text()
+    results = pd.read_parquet(finished_run.run_dir / "results.parquet")
+    table = _markdown_tables_after(markdown, "### Comparisons at selected scales (test prompts)")[0]
+    test = results[(results.behavior == "organism_anti_refusal") & (results.split == "test")]
+    pooled = [row for row in table if row["B"] == "random" and row["A"] != "unsteered"]
+    assert {row["A"] for row in pooled} == {"power", "melbo", "caa"}
+
+    def outcomes(method):
+        part = test[(test.method == method) & (test.scale == test.selected_scale)]
+        part = part.sort_values("prompt_index")
+        return (part.success.astype(bool) & part.coherent).to_numpy(float)
+
+    draws = np.stack([outcomes(m) for m in ("random", "random#2", "random#3")])
+    for row in pooled:
+        assert row["test"] == "draws × prompts bootstrap (3 draws)"
+        diff, low, high, p_value, _ = draws_bootstrap(outcomes(row["A"]), draws)
+        assert row["A − B"] == f"{diff:.3f} [{low:.3f}, {high:.3f}]"
         assert row["p"] == f"{p_value:.2g}"
 
 

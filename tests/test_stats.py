@@ -11,9 +11,11 @@ from scipy.stats import binom, binomtest, norm
 from harness.errors import PowersteerError
 from harness.evaluation.stats import (
     bootstrap_minimum_detectable_difference,
+    draws_bootstrap,
     holm,
     mcnemar_exact,
     mcnemar_minimum_detectable_difference,
+    minimum_detectable_from_standard_error,
     paired_bootstrap,
     wilson_interval,
 )
@@ -199,3 +201,60 @@ def test_bootstrap_mdd_rejection_rate_by_simulation():
         p_value = paired_bootstrap(differences, np.zeros(n), n_resamples=400, seed=trial)[3]
         rejected += p_value <= alpha
     assert rejected / trials == pytest.approx(0.8, abs=0.06)
+
+
+def test_draws_bootstrap_with_one_draw_is_the_paired_bootstrap():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=30), rng.normal(0.3, 1.0, size=30)
+    pooled = draws_bootstrap(a, [b], n_resamples=2000, seed=4)
+    assert pooled[:4] == pytest.approx(paired_bootstrap(a, b, n_resamples=2000, seed=4), abs=1e-12)
+
+
+def test_draws_bootstrap_counts_the_spread_between_draws():
+    # Outcomes that do not vary across prompts, so only the draws' resampling moves the
+    # estimate: the mean of 3 draws picked with replacement from {0, 0.3, 0.6} has
+    # variance var_pop / 3 = 0.06 / 3, a standard error of 0.1414. The relative error of a
+    # bootstrap sd from 20,000 resamples is about 1/sqrt(40,000) = 0.5%; 3% is allowed.
+    a = np.full(20, 0.5)
+    draws = np.array([[0.0] * 20, [0.3] * 20, [0.6] * 20])
+    diff, low, high, _, standard_error = draws_bootstrap(a, draws, n_resamples=20_000)
+    assert diff == pytest.approx(0.5 - 0.3)
+    assert standard_error == pytest.approx(math.sqrt(0.06 / 3), rel=0.03)
+    # Picking the 0.6 draw three times (probability 1/27 > 2.5%) gives 0.5 - 0.6, and the
+    # 0.0 draw three times 0.5 - 0.0: the interval's ends.
+    assert (low, high) == pytest.approx((-0.1, 0.5))
+    # Against the first draw alone a paired test sees no uncertainty at all.
+    assert paired_bootstrap(a, draws[0], n_resamples=2000)[1:3] == pytest.approx((0.5, 0.5))
+
+
+def test_draws_bootstrap_keeps_its_level_where_a_single_draw_does_not():
+    # Method A's true mean equals the control's mean over draws (0), but each draw's mean
+    # varies (sd 0.3) beside prompt noise (sd 1, 40 prompts). A paired test against one
+    # draw sees sd sqrt(2/40) = 0.22 where the truth is sqrt(2/40 + 0.09) = 0.37 and
+    # rejects about 24% of the time at 0.05; pooling 8 draws and resampling them keeps
+    # the rate near 0.05 (a little above: resampling 8 draws shrinks their variance by
+    # 7/8). 300 trials give a binomial sd of about 0.013 at 0.05 and 0.025 at 0.24.
+    rng = np.random.default_rng(0)
+    n, n_draws, trials = 40, 8, 300
+    pooled_rejections = single_rejections = 0
+    for trial in range(trials):
+        a = rng.normal(0.0, 1.0, size=n)
+        draw_means = rng.normal(0.0, 0.3, size=(n_draws, 1))
+        draws = draw_means + rng.normal(0.0, 1.0, size=(n_draws, n))
+        pooled_rejections += draws_bootstrap(a, draws, n_resamples=500, seed=trial)[3] <= 0.05
+        single_rejections += paired_bootstrap(a, draws[0], n_resamples=500, seed=trial)[3] <= 0.05
+    assert pooled_rejections / trials <= 0.10
+    assert single_rejections / trials >= 0.15
+
+
+def test_draws_bootstrap_rejects_malformed_draws():
+    with pytest.raises(PowersteerError, match="every prompt"):
+        draws_bootstrap([1.0, 2.0], [[1.0, 2.0, 3.0]])
+    with pytest.raises(PowersteerError, match="shape"):
+        draws_bootstrap([1.0, 2.0], [1.0, 2.0])
+
+
+def test_minimum_detectable_difference_from_a_standard_error():
+    # z_0.975 + z_0.8 = 1.95996 + 0.84162 = 2.80158.
+    assert minimum_detectable_from_standard_error(0.1, 0.05) == pytest.approx(0.280158, abs=1e-6)
+    assert math.isnan(minimum_detectable_from_standard_error(math.nan, 0.05))

@@ -23,13 +23,22 @@ success rate; of a score behavior, the mean score.
   MELBO, every method vs random, every method vs unsteered; exact McNemar on effective
   success, a paired bootstrap on scores; Holm's correction over every comparison in the
   report. A comparison is significant when its Holm-adjusted p is below 0.05.
+* **The random control's draws** (``steering.random_draws``): each draw (``random``,
+  ``random#2``, ...) is selected on the select prompts like a method. A comparison with
+  ``random`` is against the mean of the draws at their selected cells, by a bootstrap
+  that resamples prompts and draws together, so the draw-to-draw spread counts: the
+  best of k random directions is itself a random quantity, and against a single draw a
+  paired test treats it as fixed (on SmolLM2's decision forks two draws of 3 directions
+  differed by more than any method's effect).
 * **Power** (per comparison, at its ``n``): ``mdd``, the minimum detectable difference
   with power 0.8 at two-sided level 0.05 / m, m the number of comparisons Holm corrects
   over: Holm's first and strictest step, the one level known before the p-values are (a
   comparison reached at a later, looser step detects somewhat less). For rates, exact
   McNemar under the most favourable case that every discordant prompt goes the same way,
   so it is a lower bound (NaN: no difference is detectable at that ``n``); for scores,
-  the normal approximation ``(z_{1-α/2} + z_0.8) · sd(A − B) / √n``, in score units.
+  the normal approximation ``(z_{1-α/2} + z_0.8) · sd(A − B) / √n``, in score units;
+  against pooled random draws, ``(z_{1-α/2} + z_0.8)`` times the bootstrap's standard
+  error.
   ``underpowered`` marks a null result (not significant) that could not have detected
   the smallest difference worth detecting, fixed in advance rather than read off the
   observed difference (a null's observed difference is nearly always below its mdd, so
@@ -47,12 +56,14 @@ import numpy as np
 import pandas as pd
 
 from harness.engine.methods import ranked_methods
-from harness.evaluation.cells import UNSTEERED, Cell
+from harness.evaluation.cells import CONTROL, UNSTEERED, Cell, draw_number
 from harness.evaluation.stats import (
     bootstrap_minimum_detectable_difference,
+    draws_bootstrap,
     holm,
     mcnemar_exact,
     mcnemar_minimum_detectable_difference,
+    minimum_detectable_from_standard_error,
     paired_bootstrap,
     wilson_interval,
 )
@@ -180,7 +191,14 @@ def comparisons(
                 "scale_b": _scale_of(right),
                 "n": len(paired),
             }
-            if metric == "success":
+            draws = _control_draws(present) if b == CONTROL else []
+            if len(draws) > 1:
+                values = _draw_values(rows, [a, *draws], chosen, metric)
+                record.update(_draws_test(values))
+                record["n"] = len(values)
+                record["scale_b"] = math.nan  # each draw at its own selected scale
+                differences.append(values[a] - values[draws].mean(axis=1))
+            elif metric == "success":
                 record.update(_success_test(paired))
                 differences.append(None)
             else:
@@ -320,13 +338,58 @@ def _score_test(paired: pd.DataFrame) -> dict:
     }
 
 
+def _control_draws(methods: set[str]) -> list[str]:
+    """The random control's draws among ``methods``, in draw order."""
+    return sorted((m for m in methods if draw_number(m) is not None), key=draw_number)
+
+
+def _draw_values(rows: pd.DataFrame, methods: list[str], chosen: dict, metric: str) -> pd.DataFrame:
+    """One column per method: its outcome per test prompt at its selected cell (effective
+    success as 0/1, or the score), on the prompts every method was measured on."""
+    columns = []
+    for method in methods:
+        part = _at_selection(rows, method, chosen).set_index("prompt_index")
+        if metric == "success":
+            value = (part["success"].astype(bool) & part["coherent"].astype(bool)).astype(float)
+        else:
+            value = part["score"].astype(float)
+        columns.append(value.rename(method))
+    return pd.concat(columns, axis=1, join="inner").sort_index()
+
+
+def _draws_test(values: pd.DataFrame) -> dict:
+    """The first column against the mean of the control's draws (the other columns),
+    resampling prompts and draws (:func:`~harness.evaluation.stats.draws_bootstrap`)."""
+    method, draws = values.columns[0], values.columns[1:]
+    diff, low, high, p_value, standard_error = draws_bootstrap(
+        values[method].to_numpy(), values[draws].to_numpy().T, n_resamples=BOOTSTRAP_RESAMPLES
+    )
+    return {
+        "test": f"draws × prompts bootstrap ({len(draws)} draws)",
+        "effect": diff,
+        "effect_low": low,
+        "effect_high": high,
+        "p": p_value,
+        "standard_error": standard_error,
+    }
+
+
 def _add_power(table: pd.DataFrame, differences: list[pd.Series | None]) -> None:
     """The ``mdd`` and ``underpowered`` columns (rules in the module doc); ``differences``
     holds each score row's paired differences and None for a success row."""
     alpha = FAMILY_ALPHA / len(table)
     mdd, underpowered = [], []
-    for row, diffs in zip(table.itertuples(), differences, strict=True):
-        if diffs is None:
+    errors = table["standard_error"] if "standard_error" in table else [math.nan] * len(table)
+    for row, diffs, standard_error in zip(table.itertuples(), differences, errors, strict=True):
+        if not math.isnan(standard_error):
+            # Pooled random draws: the bootstrap's own spread, draws and prompts together.
+            detectable = minimum_detectable_from_standard_error(standard_error, alpha, POWER)
+            of_interest = (
+                RATE_DIFFERENCE_OF_INTEREST
+                if row.metric == "success"
+                else SCORE_DIFFERENCE_OF_INTEREST_SD * _sd(diffs)
+            )
+        elif diffs is None:
             detectable = mcnemar_minimum_detectable_difference(int(row.n), alpha, POWER)
             of_interest = RATE_DIFFERENCE_OF_INTEREST
         else:

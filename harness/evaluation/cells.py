@@ -37,3 +37,22 @@ def rows_of(rows: Any, cell: Cell) -> Any:
         & (rows["sign"] == cell.sign)
         & (rows["scale"] == cell.scale)
     ]
+
+
+CONTROL = "random"
+"""The random-direction control's method name; its later draws are ``random#2``, ``random#3``."""
+
+
+def control_draw(draw: int) -> str:
+    """The method name of the control's ``draw``-th independent draw (the first is ``random``)."""
+    return CONTROL if draw == 1 else f"{CONTROL}#{draw}"
+
+
+def draw_number(method: str) -> int | None:
+    """Which draw of the control ``method`` names (1 for ``random``), None for other methods."""
+    if method == CONTROL:
+        return 1
+    prefix = f"{CONTROL}#"
+    if method.startswith(prefix) and method[len(prefix) :].isdigit():
+        return int(method[len(prefix) :])
+    return None

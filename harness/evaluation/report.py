@@ -185,6 +185,11 @@ def _reading_blocks() -> list[Block]:
             "approximation), and *underpowered* marks a null result that could not detect "
             "0.25 in effective success or half a standard deviation of the paired score "
             "differences. "
+            "The random control is drawn `steering.random_draws` times (rows `random`, "
+            "`random#2`, ...), each draw's directions selected on the select prompts like a "
+            "method's; *vs random* compares with the mean of the draws by a bootstrap over "
+            "prompts and draws, so how much the best of k random directions changes from "
+            "draw to draw counts in its p-value and interval. "
             "Every rate and interval here is recomputed by `powersteer report RUN_DIR` from "
             "`results.parquet` (rules: `harness/evaluation/analysis.py`).",
         ),

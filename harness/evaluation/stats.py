@@ -94,6 +94,68 @@ def paired_bootstrap(
     return observed, float(low), float(high), p_value
 
 
+def draws_bootstrap(
+    a: Sequence[float] | np.ndarray,
+    draws: Sequence[Sequence[float]] | np.ndarray,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float, float, float]:
+    """Bootstrap of ``mean(a) - mean(draws)`` when B is a control drawn at random ``R`` times.
+
+    ``a[i]`` is method A's outcome on prompt ``i``; ``draws[r][i]`` that of the control's
+    ``r``-th independent draw on the same prompt. Each resample draws the prompts with
+    replacement (keeping every prompt's outcomes together) *and* the ``R`` draws with
+    replacement, so the interval and p-value count how much the control changes from draw
+    to draw, which a paired test against a single draw treats as fixed. Returns
+    ``(difference, low, high, p_value, standard_error)`` as :func:`paired_bootstrap`
+    does, plus the bootstrap standard error. With ``R = 1`` the numbers equal
+    :func:`paired_bootstrap`'s (same resampled prompts for the same ``seed``); with few
+    draws resampling them understates their spread by a factor ``(R - 1) / R`` in variance.
+    """
+    values = np.asarray(a, dtype=np.float64)
+    control = np.asarray(draws, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0 or control.ndim != 2 or control.shape[0] == 0:
+        raise PowersteerError(
+            "draws_bootstrap needs a non-empty 1-D a and a 2-D draws of shape (R, len(a))"
+        )
+    if control.shape[1] != values.size:
+        raise PowersteerError(
+            f"each draw needs an outcome on every prompt: {control.shape[1]} vs {values.size}"
+        )
+    if n_resamples < 1:
+        raise PowersteerError(f"n_resamples={n_resamples} must be at least 1")
+    rng = np.random.default_rng(seed)
+    prompts = rng.integers(0, values.size, size=(n_resamples, values.size))
+    n_draws = control.shape[0]
+    picked = rng.integers(0, n_draws, size=(n_resamples, n_draws)) if n_draws > 1 else None
+    a_means = values[prompts].mean(axis=1)
+    draw_means = control[:, prompts].mean(axis=2)  # (R, resamples): each draw, each resample
+    if picked is None:
+        control_means = draw_means[0]
+    else:
+        control_means = np.take_along_axis(draw_means.T, picked, axis=1).mean(axis=1)
+    differences = a_means - control_means
+    observed = float(values.mean() - control.mean())
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(differences, [tail, 1.0 - tail])
+    extreme = int(np.sum(np.abs(differences - observed) >= abs(observed) - 1e-12))
+    p_value = min(1.0, (extreme + 1) / (n_resamples + 1))
+    return observed, float(low), float(high), p_value, float(np.std(differences, ddof=1))
+
+
+def minimum_detectable_from_standard_error(
+    standard_error: float, alpha: float, power: float = 0.8
+) -> float:
+    """Smallest difference a two-sided test at ``alpha`` detects with probability ``power``
+    when its estimate has ``standard_error``: ``(z_{1-alpha/2} + z_power) · se``."""
+    _check_level(alpha, "alpha")
+    _check_level(power, "power")
+    if not math.isfinite(standard_error):
+        return math.nan
+    return float(stats.norm.ppf(1.0 - alpha / 2) + stats.norm.ppf(power)) * standard_error
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values, in the input order.
 

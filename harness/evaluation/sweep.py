@@ -31,7 +31,7 @@ from harness.errors import PowersteerError
 from harness.evaluation.behaviors import Behavior
 from harness.evaluation.cache import ResultCache, content_key, model_fingerprint
 from harness.evaluation.cell_runner import CellRunner
-from harness.evaluation.cells import UNSTEERED, UNSTEERED_CELL, Cell
+from harness.evaluation.cells import CONTROL, UNSTEERED, UNSTEERED_CELL, Cell, control_draw
 from harness.evaluation.coherence import mark_coherent
 from harness.evaluation.executors import Executor, LocalExecutor
 from harness.evaluation.layer_selection import (
@@ -53,6 +53,11 @@ from harness.evaluation.scoring import (
     add_judge_records,
     attach_cache,
 )
+
+# Seeds of the random control's later draws: draw d uses seed + (d - 1) * this, so every
+# draw is an independent Gaussian stream (each stream is offset again from the other
+# methods' by random.CONTROL_SEED_OFFSET).
+DRAW_SEED_STRIDE = 7_919
 
 
 @dataclass
@@ -117,6 +122,11 @@ def sweep_behavior(
             method: _method_vectors(lm, at_pair, method, cache, fingerprint, seed, progress)
             for method in behavior.steering.methods
         }
+        if CONTROL in vectors:
+            for draw in range(2, behavior.steering.random_draws + 1):
+                draw_seed = seed + (draw - 1) * DRAW_SEED_STRIDE
+                found = _method_vectors(lm, at_pair, CONTROL, cache, fingerprint, draw_seed, False)
+                vectors[control_draw(draw)] = replace(found, method=control_draw(draw))
         runner = CellRunner(
             lm, at_pair, scorer, cache, fingerprint, vectors, scale_unit, batch_rows
         )

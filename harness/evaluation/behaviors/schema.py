@@ -41,6 +41,9 @@ anywhere is an error)::
       # screen_scale: 1.0             # the screen's ±scale for next-token KL (default:
                                       # the middle nonzero scale of the grid)
       # refine_steps: 0               # bisection steps at a coherence cliff (scale_refinement)
+      # random_draws: 3               # independent draws of the random control, each of
+                                      # num_vectors directions selected like a method
+                                      # (random, random#2, ...); comparisons pool them
       num_vectors: 8
       scales: [0, 0.5, 1, 2, 4, 8]    # multiples of the median residual norm at the source
       target_tokens: all_but_first    # target positions: all, all_but_first (default) or
@@ -175,6 +178,7 @@ class Steering(_Section):
     screen_keep: int = Field(default=3, ge=1)
     screen_scale: FiniteFloat | None = Field(default=None, gt=0.0)
     refine_steps: int = Field(default=0, ge=0, le=12)
+    random_draws: int = Field(default=3, ge=1, le=20)
 
     def resolved_screen_scale(self) -> float:
         """The screen's ±scale: ``screen_scale``, else the middle nonzero grid scale.
