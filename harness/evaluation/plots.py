@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from harness.engine.methods import ranked_methods  # noqa: E402
+from harness.evaluation.cells import CONTROL, draw_number  # noqa: E402
 
 
 def plot_pair_heatmap(
@@ -58,6 +59,14 @@ def plot_success_vs_scale(rates: pd.DataFrame, path: str | os.PathLike[str]) -> 
             top.plot(part["scale"], part["value"], marker="o", ms=3, color=colour, label=label)
             top.fill_between(part["scale"], part["low"], part["high"], color=colour, alpha=0.15)
             bottom.plot(part["scale"], part["coherent_fraction"], marker="o", ms=3, color=colour)
+        # The random control's later draws: thin lines in its colour, so its spread shows.
+        draws = sorted({m for m in rows["method"] if (draw_number(m) or 0) > 1}, key=draw_number)
+        for index, method in enumerate(draws):
+            part = pd.concat([unsteered, rows[rows["method"] == method]]).sort_values("scale")
+            label = f"{METHOD_STYLE[CONTROL][0]}, other draws" if index == 0 else None
+            colour = METHOD_STYLE[CONTROL][1]
+            top.plot(part["scale"], part["value"], lw=0.8, ls="--", color=colour, label=label)
+            bottom.plot(part["scale"], part["coherent_fraction"], lw=0.8, ls="--", color=colour)
         success = rows["metric"].iloc[0] == "success"
         top.set_title(behavior, fontsize=10)
         top.set_ylabel("effective success rate" if success else "mean score")

@@ -19,6 +19,7 @@ from lm_eval.tasks import TaskManager
 from harness.engine.models import load_model
 from harness.engine.vectors_io import load_vector_sets
 from harness.errors import PowersteerError
+from harness.evaluation.cells import draw_number
 from harness.evaluation.report import write_report
 from harness.evaluation.run_dir import CAPABILITY_FILE, VECTORS_FILE, read_manifest
 from harness.files import atomic_write_json
@@ -72,8 +73,10 @@ def _settings(vectors_file: Path) -> list[dict[str, Any]]:
     """Unsteered, then each ``behavior/method`` set with a selected vector and its scale."""
     settings: list[dict[str, Any]] = [{"behavior": "", "method": "unsteered", "scale": 0.0}]
     for name, (_, metadata) in load_vector_sets(vectors_file).items():
-        if metadata.get("selected"):
-            behavior, method = name.split("/", 1)
+        behavior, method = name.split("/", 1)
+        # One draw of the random control shows what an arbitrary direction costs; its
+        # later draws (random#2, ...) would multiply the lm-eval time for no new question.
+        if metadata.get("selected") and (draw_number(method) or 1) == 1:
             settings.append(
                 {
                     "behavior": behavior,
