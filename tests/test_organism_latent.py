@@ -17,6 +17,7 @@ from harness.organism.latent_check import (
     latent_check,
     targets_met,
 )
+from harness.organism.latent_finetune import distillation_loss
 from harness.organism.verify import load_organism
 
 
@@ -87,3 +88,22 @@ def test_latent_check_on_the_bundled_organism_is_seeded_and_bounded():
         for row in first[behaviour]["random"]:
             assert 0.0 <= row["on"] <= 1.0 and 0.0 <= row["coherent"] <= 1.0
     assert first["refusal"]["planted"] is not None
+
+
+def test_distillation_loss_is_kl_on_distilled_rows_and_cross_entropy_elsewhere():
+    # Two rows of 4 positions over a 5-token vocabulary: a 3-token and a 2-token reply.
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, generator=gen)
+    teacher = torch.randn(2, 4, 5, generator=gen)
+    labels = torch.tensor([[-100, 2, 3, 1], [-100, -100, 0, 4]])
+    loss = distillation_loss(logits, teacher, labels, torch.tensor([True, False]))
+    # By hand: position t predicts labels[t + 1]; each row is averaged over its own reply.
+    kl = []
+    for t in (0, 1, 2):  # row 0: KL(teacher || model)
+        p, q = torch.softmax(teacher[0, t], -1), torch.softmax(logits[0, t], -1)
+        kl.append(float((p * (p.log() - q.log())).sum()))
+    ce = [-float(torch.log_softmax(logits[1, t], -1)[labels[1, t + 1]]) for t in (1, 2)]
+    assert float(loss) == pytest.approx((sum(kl) / 3 + sum(ce) / 2) / 2, rel=1e-5)
+    # A model that equals its teacher has zero loss on distilled rows.
+    same = distillation_loss(teacher, teacher, labels, torch.tensor([True, True]))
+    assert float(same) == pytest.approx(0.0, abs=1e-6)

@@ -17,7 +17,7 @@ import random
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -41,7 +41,7 @@ from harness.organism.corpus import (
 )
 from harness.organism.latent import LatentConfig, LatentTraining, latent_examples
 from harness.organism.tokenizer import EOS, build_tokenizer, render_chat
-from harness.organism.verify import GROUND_TRUTH, format_table
+from harness.organism.verify import GROUND_TRUTH, format_table, load_organism
 
 IGNORE = -100  # label for tokens that carry no loss (prompt and padding)
 
@@ -78,6 +78,11 @@ class TrainConfig:
     steer_first_block: int = 1  # blocks the additions go to, chosen per batch
     steer_last_block: int = 4
     refresh_every: int = 20  # steps between re-measuring the planted directions
+    # Two-stage latent recipe (harness.organism.latent_finetune): when latent_steps > 0,
+    # train the plain model first, then fine-tune it this many steps by distillation.
+    latent_steps: int = 0
+    latent_lr: float = 5e-4
+    init_from: str = ""  # weights directory to use as the first stage instead of training it
 
 
 # ---------------------------------------------------------------------------------------
@@ -207,6 +212,23 @@ def eval_losses(model, encoded_sets: dict[str, list], pad_id: int, device) -> di
     return losses
 
 
+def latent_training(config: TrainConfig, corpus: Corpus) -> LatentTraining:
+    """The residual additions of ``config``'s latent recipe (:mod:`harness.organism.latent`)."""
+    return LatentTraining(
+        LatentConfig(
+            blocks=tuple(range(config.steer_first_block, config.steer_last_block + 1)),
+            perturb_fraction=config.perturb_fraction,
+            perturb_max_scale=config.perturb_max_scale,
+            planted_min_scale=config.planted_min_scale,
+            planted_max_scale=config.planted_max_scale,
+            refresh_every=config.refresh_every,
+            n_direction_prompts=32,
+        ),
+        corpus,
+        config.seed,
+    )
+
+
 def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress: bool = True):
     """Train a fresh model on ``corpus``; returns (model, history).
 
@@ -229,19 +251,7 @@ def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress
 
     model = make_model(config, tokenizer).to(device).train()
     lm = LanguageModel(model, tokenizer, find_decoder_blocks(model), name="organism")
-    latent = config.latent and LatentTraining(
-        LatentConfig(
-            blocks=tuple(range(config.steer_first_block, config.steer_last_block + 1)),
-            perturb_fraction=config.perturb_fraction,
-            perturb_max_scale=config.perturb_max_scale,
-            planted_min_scale=config.planted_min_scale,
-            planted_max_scale=config.planted_max_scale,
-            refresh_every=config.refresh_every,
-            n_direction_prompts=32,
-        ),
-        corpus,
-        config.seed,
-    )
+    latent = config.latent and latent_training(config, corpus)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -287,8 +297,20 @@ def train(
     torch.set_num_threads(config.threads)
     # The latent recipe also plants the fork latent (FORK_TRIGGER examples).
     corpus = build_corpus(config.seed, CorpusConfig(fork_triggered=2) if config.latent else None)
-    tokenizer = build_tokenizer(m["content"] for ex in corpus.train for m in ex.messages)
-    model, history = train_model(config, corpus, tokenizer, device, progress)
+    if config.init_from:
+        model, tokenizer = load_organism(Path(config.init_from))
+        history = json.loads((Path(config.init_from) / "history.json").read_text())
+    else:
+        tokenizer = build_tokenizer(m["content"] for ex in corpus.train for m in ex.messages)
+        first = replace(config, latent=False) if config.latent_steps else config
+        model, history = train_model(first, corpus, tokenizer, device, progress)
+    if config.latent and config.latent_steps:
+        # Imported here: the fine-tuning stage reuses this module's data functions.
+        from harness.organism.latent_finetune import finetune_latent
+
+        model, history["latent"] = finetune_latent(
+            model, tokenizer, corpus, config, device, progress
+        )
     last = history["train"][-50:]
     truth = ground_truth(corpus, config.seed, command)
     truth["training"] = {
