@@ -199,7 +199,12 @@ def test_comparisons_with_random_pool_its_draws(finished_run):
         return (part.success.astype(bool) & part.coherent).to_numpy(float)
 
     draws = np.stack([outcomes(m) for m in ("random", "random#2", "random#3")])
+    # No paired test of rates detects less than exact McNemar's bound at the same n and level.
+    floors = {r["detectable ≥"] for r in table if r["test"] == "exact McNemar"}
+    assert len(floors) == 1 and "none" not in floors  # one n, one level
+    floor = float(floors.pop())
     for row in pooled:
+        assert row["detectable ≥"] == "none" or float(row["detectable ≥"]) >= floor
         assert row["test"] == "draws × prompts bootstrap (3 draws)"
         diff, low, high, p_value, _ = draws_bootstrap(outcomes(row["A"]), draws)
         assert row["A − B"] == f"{diff:.3f} [{low:.3f}, {high:.3f}]"

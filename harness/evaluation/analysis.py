@@ -38,7 +38,7 @@ success rate; of a score behavior, the mean score.
   so it is a lower bound (NaN: no difference is detectable at that ``n``); for scores,
   the normal approximation ``(z_{1-α/2} + z_0.8) · sd(A − B) / √n``, in score units;
   against pooled random draws, ``(z_{1-α/2} + z_0.8)`` times the bootstrap's standard
-  error.
+  error (for rates at least the McNemar bound at the same ``n``).
   ``underpowered`` marks a null result (not significant) that could not have detected
   the smallest difference worth detecting, fixed in advance rather than read off the
   observed difference (a null's observed difference is nearly always below its mdd, so
@@ -384,11 +384,14 @@ def _add_power(table: pd.DataFrame, differences: list[pd.Series | None]) -> None
         if not math.isnan(standard_error):
             # Pooled random draws: the bootstrap's own spread, draws and prompts together.
             detectable = minimum_detectable_from_standard_error(standard_error, alpha, POWER)
-            of_interest = (
-                RATE_DIFFERENCE_OF_INTEREST
-                if row.metric == "success"
-                else SCORE_DIFFERENCE_OF_INTEREST_SD * _sd(diffs)
-            )
+            of_interest = SCORE_DIFFERENCE_OF_INTEREST_SD * _sd(diffs)
+            if row.metric == "success":
+                # A spread measured on rates near 0 or 1 is tiny; no paired test of rates
+                # at this n detects less than exact McNemar's most favourable case, and
+                # pooling draws only adds variance, so that bound is the floor.
+                floor = mcnemar_minimum_detectable_difference(int(row.n), alpha, POWER)
+                detectable = max(detectable, floor) if not math.isnan(floor) else math.nan
+                of_interest = RATE_DIFFERENCE_OF_INTEREST
         elif diffs is None:
             detectable = mcnemar_minimum_detectable_difference(int(row.n), alpha, POWER)
             of_interest = RATE_DIFFERENCE_OF_INTEREST
@@ -433,7 +436,12 @@ def _scale_of(part: pd.DataFrame) -> float:
 def _ordered(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if table.empty or "method" not in table:
         return table
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    table = table.assign(_rank=table["method"].map(lambda m: rank.get(m, len(rank))))
+    rank = {m: float(i) for i, m in enumerate(METHOD_ORDER)}
+
+    def rank_of(method: str) -> float:
+        draw = draw_number(method)  # the control's later draws follow its first
+        return rank[CONTROL] + draw / 1000 if draw else rank.get(method, len(rank))
+
+    table = table.assign(_rank=table["method"].map(rank_of))
     keys = [("_rank" if k == "method" else k) for k in keys]
     return table.sort_values(keys).drop(columns="_rank").reset_index(drop=True)
