@@ -50,7 +50,11 @@ def small_behavior(directory: Path, source: str = "anti_refusal", **changes) -> 
         if section in data:
             data[section]["path"] = str(ORGANISM_BEHAVIORS / data[section]["path"])
             data[section]["limit"] = 8
-    data["steering"].update(num_vectors=2, scales=[0, 1, 2], options={"melbo": {"steps": 4}})
+    # Two draws of the random control, whatever the shipped file says: the tests below
+    # count rows and pool draws for exactly this many.
+    data["steering"].update(
+        num_vectors=2, scales=[0, 1, 2], options={"melbo": {"steps": 4}}, random_draws=2
+    )
     data["generation"]["max_new_tokens"] = 12
     data["split"] = {"select": 0.5, "seed": 0}  # 4 of the 8 prompts select
     for key, value in changes.items():
@@ -99,10 +103,10 @@ def test_results_have_one_row_per_prompt_and_cell(finished_run):
     results = pd.read_parquet(finished_run.run_dir / "results.parquet")
     refusal = results[results.behavior == "organism_anti_refusal"]
     select = refusal[refusal.split == "select"]
-    # 4 select prompts x (unsteered + power/melbo and 3 random draws of 2 vectors + caa 1)
+    # 4 select prompts x (unsteered + power/melbo and 2 random draws of 2 vectors + caa 1)
     # x 2 signs x 2 scales
-    assert len(select) == 4 * (1 + (5 * 2 + 1) * 2 * 2)
-    assert {"random", "random#2", "random#3"} <= set(select.method)
+    assert len(select) == 4 * (1 + (4 * 2 + 1) * 2 * 2)
+    assert {"random", "random#2"} <= set(select.method) and "random#3" not in set(select.method)
     assert not set(select.prompt_index) & set(refusal[refusal.split == "test"].prompt_index)
     test = refusal[(refusal.split == "test") & (refusal.method != "unsteered")]
     # Held out: each method only at its selected vector and sign, at every scale.
@@ -176,7 +180,7 @@ def test_mcnemar_rows_match_the_paired_outcomes(finished_run):
 
 def test_random_draws_are_independent_directions(finished_run):
     vectors = read_vectors(finished_run.run_dir)
-    draws = [vectors[f"organism_anti_refusal/{m}"] for m in ("random", "random#2", "random#3")]
+    draws = [vectors[f"organism_anti_refusal/{m}"] for m in ("random", "random#2")]
     stacked = torch.cat(draws).double()
     overlaps = (stacked @ stacked.T - torch.eye(len(stacked), dtype=torch.float64)).abs()
     # Independent unit vectors in d = 192 have |cos| about 0.07; a shared stream gives 1.
@@ -184,7 +188,7 @@ def test_random_draws_are_independent_directions(finished_run):
 
 
 def test_comparisons_with_random_pool_its_draws(finished_run):
-    # Each method against random is tested against the mean of the 3 draws at their own
+    # Each method against random is tested against the mean of the 2 draws at their own
     # selected cells, resampling prompts and draws (recomputed here from results alone).
     markdown = (finished_run.run_dir / "report.md").read_text()
     results = pd.read_parquet(finished_run.run_dir / "results.parquet")
@@ -198,14 +202,18 @@ def test_comparisons_with_random_pool_its_draws(finished_run):
         part = part.sort_values("prompt_index")
         return (part.success.astype(bool) & part.coherent).to_numpy(float)
 
-    draws = np.stack([outcomes(m) for m in ("random", "random#2", "random#3")])
+    draws = np.stack([outcomes(m) for m in ("random", "random#2")])
     # No paired test of rates detects less than exact McNemar's bound at the same n and level.
+    # (At 4 test prompts that bound is "none": no paired test of rates can detect anything.)
     floors = {r["detectable ≥"] for r in table if r["test"] == "exact McNemar"}
-    assert len(floors) == 1 and "none" not in floors  # one n, one level
-    floor = float(floors.pop())
+    assert len(floors) == 1  # one n, one level
+    floor = floors.pop()
     for row in pooled:
-        assert row["detectable ≥"] == "none" or float(row["detectable ≥"]) >= floor
-        assert row["test"] == "draws × prompts bootstrap (3 draws)"
+        if floor == "none":
+            assert row["detectable ≥"] == "none"
+        else:
+            assert row["detectable ≥"] == "none" or float(row["detectable ≥"]) >= float(floor)
+        assert row["test"] == "draws × prompts bootstrap (2 draws)"
         diff, low, high, p_value, _ = draws_bootstrap(outcomes(row["A"]), draws)
         assert row["A − B"] == f"{diff:.3f} [{low:.3f}, {high:.3f}]"
         assert row["p"] == f"{p_value:.2g}"
