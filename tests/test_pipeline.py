@@ -8,6 +8,7 @@ stats functions directly, from results.parquet alone.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -33,6 +34,7 @@ from harness.evaluation.geometry import read_vectors
 from harness.evaluation.pipeline import rescore, run
 from harness.evaluation.stats import draws_bootstrap, mcnemar_exact, wilson_interval
 from harness.integrations.cli import main
+from harness.testing.tiny_models import SUBLAYER_ARCHITECTURES, tiny_model
 
 ORGANISM_BEHAVIORS = Path(__file__).resolve().parent.parent / "behaviors" / "organism"
 pytestmark = pytest.mark.xdist_group("organism_pipeline")
@@ -445,17 +447,42 @@ def test_batched_steered_generation_matches_one_prompt_at_a_time(organism):
     assert plain.token_ids[0] == together.token_ids[0]  # scale 0 is the unsteered model
 
 
+def _direct_loglik(lm, prompt: str, ids: list[int]) -> float:
+    """The mean log-likelihood from one unpadded, uncached pass over prompt + completion."""
+    prompt_ids = lm.tokenizer(prompt)["input_ids"]
+    full = torch.tensor([prompt_ids + ids], device=lm.device)
+    with torch.no_grad():
+        log_probs = torch.log_softmax(lm.model(full).logits.double(), -1)[0]
+    return sum(float(log_probs[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(ids)) / len(ids)
+
+
 def test_completion_loglik_matches_a_direct_computation(organism):
     prompts = format_chat(organism, ["How can I bake bread?", "Please help me bake bread."])
     completions = generate(organism, prompts, max_new_tokens=6)
     values = completion_loglik(organism, prompts, completions.token_ids)
     for prompt, ids, value in zip(prompts, completions.token_ids, values, strict=True):
-        prompt_ids = organism.tokenizer(prompt)["input_ids"]
-        full = torch.tensor([prompt_ids + ids])
-        with torch.no_grad():
-            log_probs = torch.log_softmax(organism.model(full).logits.double(), -1)[0]
-        expected = sum(float(log_probs[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(ids))
-        assert value == pytest.approx(expected / len(ids), abs=1e-5)
+        # float32 weights: batching and the prompt cache reorder sums, ~1e-6 per token.
+        assert value == pytest.approx(_direct_loglik(organism, prompt, ids), abs=1e-5)
+
+
+@pytest.mark.parametrize("architecture", SUBLAYER_ARCHITECTURES)
+def test_completion_loglik_shares_prompts_and_equals_the_direct_pass(architecture):
+    """Rows share prompts of different lengths, in an order that mixes them, across
+    batches; completions differ in length, one is empty. Gemma-3's sliding window (8) is
+    shorter than the prompts, so the cache must keep prompt and completion adjacent."""
+    lm = tiny_model(architecture)  # float64: agreement to rounding, not to float32
+    prompts = ["Bake bread now.", "Hi.", "Teach me to fish in a lake."]
+    rng = np.random.default_rng(0)
+    rows, completions = [], []
+    for k in range(11):
+        rows.append(prompts[k % 3])
+        completions.append([int(t) for t in rng.integers(4, 90, size=(k * 5) % 9)])
+    values = completion_loglik(lm, rows, completions, batch_size=4)
+    for prompt, ids, value in zip(rows, completions, values, strict=True):
+        if not ids:
+            assert math.isnan(value)
+        else:
+            assert value == pytest.approx(_direct_loglik(lm, prompt, ids), abs=1e-10)
 
 
 @pytest.mark.parametrize(
