@@ -88,8 +88,8 @@ def completion_loglik(
     NaN for an empty completion. Computed in float64 from the model's logits. A sweep
     scores many cells' completions of the same few prompts, so rows are grouped by prompt:
     each batch runs its distinct prompts once, keeps their key/value cache, and runs only
-    the completions on top of it (on SmolLM2's 66-token chat prompts, 3-4 times less work
-    than a pass over prompt and completion per row; benchmarks/RESULTS.md).
+    the completions on top of it (3.07x faster than a pass over prompt and completion per
+    row on SmolLM2's 65-69-token chat prompts; benchmarks/RESULTS.md).
     """
     if len(prompts) != len(completion_ids):
         raise PowersteerError(f"{len(prompts)} prompts but {len(completion_ids)} completions")
