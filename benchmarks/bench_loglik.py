@@ -1,12 +1,19 @@
-"""Coherence log-likelihood: one pass over prompt + completion per row vs a shared prompt cache.
+"""Reading log-probabilities in a sweep: the direct passes powersteer made before vs now.
 
 A sweep scores every cell's completions with the unsteered model
 (:func:`harness.engine.generation.completion_loglik`), and the cells of one behavior
-complete the same few prompts. This times, side by side in one process, the direct way
-(every row a right-padded pass over its prompt and completion, logits at every position,
-as powersteer did before) against ``completion_loglik`` (the distinct prompts once, then
-the completions on their cache), on ``--cells`` cells' worth of completions of the first
-``-n`` chat-formatted prompts, and prints the ratio and the largest difference.
+complete the same few prompts; a logits scorer reads each steered row's next-token
+distribution (:func:`harness.evaluation.scorers.logits.last_token_log_probs`) in one
+pass over hundreds of rows. This times, side by side in one process, on ``--cells``
+cells' worth of rows of the first ``-n`` chat-formatted prompts:
+
+- completion log-likelihood: every row a right-padded pass over prompt and completion
+  with logits at every position (before) against the distinct prompts once and the
+  completions on their cache (now);
+- next-token log-probabilities of the rows' prompts: right-padded, logits at every
+  position (before) against left-padded, logits at the last position (now).
+
+It prints each ratio and the largest difference.
 
     OMP_NUM_THREADS=2 PYTHONPATH=$PWD python benchmarks/bench_loglik.py \
         --model smollm2-135m-instruct --prompts behaviors/real/data/word_problems.jsonl
@@ -24,6 +31,7 @@ import torch
 from harness.engine.generation import completion_loglik, generate
 from harness.engine.models import LanguageModel, load_model
 from harness.engine.prompts import format_chat, pad_token_lists, read_prompts
+from harness.evaluation.scorers.logits import last_token_log_probs
 
 
 def direct_loglik(
@@ -45,6 +53,15 @@ def direct_loglik(
             positions = torch.arange(start_at, start_at + len(completions[i]))
             values.append(float(log_probs[j, positions, torch.tensor(completions[i])].mean()))
     return values
+
+
+def direct_last_token_log_probs(lm: LanguageModel, contexts: list[list[int]]) -> torch.Tensor:
+    """Right-padded, logits at every position, the last real one read: the reference."""
+    input_ids, mask = pad_token_lists(lm, contexts)
+    with torch.no_grad():
+        logits = lm.model(input_ids=input_ids, attention_mask=mask).logits
+    last = logits[torch.arange(len(contexts)), torch.tensor([len(c) for c in contexts]) - 1]
+    return torch.log_softmax(last.double().cpu(), dim=-1)
 
 
 def main() -> None:
@@ -69,22 +86,35 @@ def main() -> None:
             extra = rng.integers(0, 1000, size=rng.integers(0, args.max_new_tokens - len(kept) + 1))
             rows.append(prompt)
             completions.append(kept + [int(t) for t in extra])
-    walls: dict[str, list[float]] = {"direct": [], "prompt cache": []}
-    results = {}
-    for _ in range(args.repeats):
-        for name, function in (("direct", direct_loglik), ("prompt cache", completion_loglik)):
-            started = time.perf_counter()
-            results[name] = function(lm, rows, completions)
-            walls[name].append(time.perf_counter() - started)
-    difference = np.abs(np.subtract(results["direct"], results["prompt cache"])).max()
-    tokens = [len(lm.tokenizer(p)["input_ids"]) for p in prompts]
+    contexts = [list(lm.tokenizer(prompt)["input_ids"]) for prompt in rows]
+    tokens = [len(c) for c in contexts[: len(prompts)]]
     print(
         f"{len(rows)} rows, prompts of {min(tokens)}-{max(tokens)} tokens, {args.repeats} repeats"
     )
-    for name, wall in walls.items():
-        print(f"{name:>13}: min {min(wall):.2f} s, median {np.median(wall):.2f} s")
-    print(f"speed-up (min / min): {min(walls['direct']) / min(walls['prompt cache']):.2f}x")
-    print(f"largest |difference| in mean log-likelihood: {difference:.2e}")
+    pairs = {
+        "completion log-likelihood": (
+            lambda: direct_loglik(lm, rows, completions),
+            lambda: completion_loglik(lm, rows, completions),
+        ),
+        "next-token log-probabilities": (
+            lambda: direct_last_token_log_probs(lm, contexts),
+            lambda: last_token_log_probs(lm, contexts),
+        ),
+    }
+    for title, (before, now) in pairs.items():
+        walls: dict[str, list[float]] = {"before": [], "now": []}
+        values = {}
+        for _ in range(args.repeats):
+            for name, function in (("before", before), ("now", now)):
+                started = time.perf_counter()
+                values[name] = torch.as_tensor(function(), dtype=torch.float64)
+                walls[name].append(time.perf_counter() - started)
+        difference = float((values["before"] - values["now"]).abs().max())
+        print(f"\n{title}")
+        for name, wall in walls.items():
+            print(f"{name:>7}: min {min(wall):.2f} s, median {np.median(wall):.2f} s")
+        print(f"speed-up (min / min): {min(walls['before']) / min(walls['now']):.2f}x")
+        print(f"largest |difference|: {difference:.2e}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from harness.engine.steering import steer
 from harness.errors import PowersteerError
 from harness.evaluation.scorers import (
     REFUSAL_PHRASES,
@@ -16,6 +17,8 @@ from harness.evaluation.scorers import (
     count_steps,
     final_number,
 )
+from harness.evaluation.scorers.logits import encode, last_token_log_probs
+from harness.testing.tiny_models import SUBLAYER_ARCHITECTURES, tiny_model
 
 
 def score(spec: dict, completion: str, row: dict | None = None) -> ScoreResult:
@@ -182,6 +185,23 @@ def test_logprob_choice_with_shared_prefix_compares_at_the_first_differing_token
     assert values[1] == pytest.approx(
         float(reference[token(lm, "x")] - reference[token(lm, "y")]), abs=1e-9
     )
+
+
+@pytest.mark.parametrize("architecture", SUBLAYER_ARCHITECTURES)
+def test_last_token_log_probs_of_a_steered_batch_equal_unpadded_passes(architecture):
+    """Contexts of different lengths (Gemma-3's window of 8 shorter than the longest), each
+    row steered by its own vector: the left-padded batch reads each row as it reads alone."""
+    lm = tiny_model(architecture)
+    contexts = [encode(lm, text, special=True) for text in ("Hi.", "Bake bread now, please.")]
+    vectors = torch.randn(len(contexts), lm.d_model, generator=torch.Generator().manual_seed(0))
+    scales = torch.tensor([0.5, 2.0])
+    with steer(lm, vectors.to(lm.dtype), 1, scales):
+        batch = last_token_log_probs(lm, contexts)
+    for i, context in enumerate(contexts):
+        with steer(lm, vectors[i].to(lm.dtype), 1, float(scales[i])), torch.no_grad():
+            logits = lm.model(torch.tensor([context])).logits[0, -1]
+        expected = torch.log_softmax(logits.double(), dim=-1)
+        assert torch.allclose(batch[i], expected, atol=1e-10), architecture
 
 
 def test_refusal_logodds_is_the_log_odds_of_refusal_opening_tokens(qwen3_tiny):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.engine.models import LanguageModel
-from harness.engine.prompts import pad_token_lists, padding_side
+from harness.engine.prompts import left_pad_token_lists, pad_token_lists, padding_side
 from harness.engine.steering import steer
 from harness.errors import PowersteerError
 
@@ -111,19 +111,9 @@ def _batch_loglik(
     distinct prompts, then one over the completions that reads the prompts' cache."""
     distinct = list(dict.fromkeys(prompts))
     prompt_ids = lm.tokenizer(distinct)["input_ids"]
-    if any(len(ids) == 0 for ids in prompt_ids):
-        raise PowersteerError("a prompt encodes to no tokens; give every prompt some text")
-    # Left padding keeps each prompt's real tokens contiguous and its last token at the
-    # end, so the completion follows it directly in the cache (what a sliding window
-    # reads) and one position of logits gives every prompt's next-token distribution.
-    width = max(len(ids) for ids in prompt_ids)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    prefix = torch.full((len(distinct), width), pad, dtype=torch.long)
-    prefix_mask = torch.zeros((len(distinct), width), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
-        prefix[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-        prefix_mask[row, width - len(ids) :] = 1
-    prefix_positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
+    # Left padding puts each prompt's last token at the end, right before its completion
+    # in the cache, and one position of logits gives every prompt's next-token distribution.
+    prefix, prefix_mask, prefix_positions = left_pad_token_lists(lm, prompt_ids)
     index = {prompt: row for row, prompt in enumerate(distinct)}
     which = torch.tensor([index[prompt] for prompt in prompts])
     completions, completion_mask = pad_token_lists(lm, completion_ids)
@@ -132,9 +122,9 @@ def _batch_loglik(
     device = lm.device
     with torch.no_grad():
         out = lm.model(
-            input_ids=prefix.to(device),
-            attention_mask=prefix_mask.to(device),
-            position_ids=prefix_positions.to(device),
+            input_ids=prefix,
+            attention_mask=prefix_mask,
+            position_ids=prefix_positions,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -143,7 +133,7 @@ def _batch_loglik(
         cache.batch_select_indices(which.to(device))
         logits = lm.model(
             input_ids=completions,
-            attention_mask=torch.cat([prefix_mask[which].to(device), completion_mask], dim=1),
+            attention_mask=torch.cat([prefix_mask[which.to(device)], completion_mask], dim=1),
             position_ids=positions.to(device),
             cache=cache,
             use_cache=True,

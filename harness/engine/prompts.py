@@ -179,6 +179,28 @@ def pad_token_lists(
     return input_ids.to(lm.device), attention_mask.to(lm.device)
 
 
+def left_pad_token_lists(
+    lm: LanguageModel, rows: Sequence[Sequence[int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token-id lists into ``(input_ids, attention_mask, position_ids)`` on the
+    model's device: every row's last token at the last position, so one position of logits
+    reads them all. The position ids count real tokens only (a pass must be given them), so
+    each row sees the positions it would unpadded, and its tokens stay contiguous (what a
+    sliding window reads)."""
+    if any(len(row) == 0 for row in rows):
+        raise PowersteerError("a prompt encodes to no tokens; give every prompt some text")
+    width = max(len(row) for row in rows)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    device = lm.device
+    return input_ids.to(device), attention_mask.to(device), position_ids.to(device)
+
+
 def read_prompts(path: str | os.PathLike[str], *, field: str = "prompt") -> list[str]:
     """Read prompts from ``.txt`` (one a line), ``.jsonl`` or ``.json`` (list of strings or
     of records with ``field``)."""
