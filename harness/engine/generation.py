@@ -115,11 +115,13 @@ def _batch_loglik(
     # in the cache, and one position of logits gives every prompt's next-token distribution.
     prefix, prefix_mask, prefix_positions = left_pad_token_lists(lm, prompt_ids)
     index = {prompt: row for row, prompt in enumerate(distinct)}
-    which = torch.tensor([index[prompt] for prompt in prompts])
+    prompt_rows = [index[prompt] for prompt in prompts]
+    which = torch.tensor(prompt_rows, device=lm.device)
     completions, completion_mask = pad_token_lists(lm, completion_ids)
-    lengths = torch.tensor([len(ids) for ids in prompt_ids])[which]
-    positions = lengths[:, None] + torch.arange(completions.shape[1])
-    device = lm.device
+    # Each completion continues its prompt's positions: the prompt's length onwards.
+    positions = prefix_mask.sum(1)[which][:, None] + torch.arange(
+        completions.shape[1], device=lm.device
+    )
     with torch.no_grad():
         out = lm.model(
             input_ids=prefix,
@@ -130,11 +132,11 @@ def _batch_loglik(
         )
         first = torch.log_softmax(out.logits[:, -1].double().cpu(), dim=-1)
         cache = out.cache
-        cache.batch_select_indices(which.to(device))
+        cache.batch_select_indices(which)
         logits = lm.model(
             input_ids=completions,
-            attention_mask=torch.cat([prefix_mask[which.to(device)], completion_mask], dim=1),
-            position_ids=positions.to(device),
+            attention_mask=torch.cat([prefix_mask[which], completion_mask], dim=1),
+            position_ids=positions,
             cache=cache,
             use_cache=True,
         ).logits
@@ -142,7 +144,7 @@ def _batch_loglik(
     for row, ids in enumerate(completion_ids):
         targets = torch.tensor(list(ids))
         # Token 0 is predicted by the prompt's last position, token t by completion t - 1.
-        total = first[which[row], targets[0]]
+        total = first[prompt_rows[row], targets[0]]
         if len(ids) > 1:
             later = torch.log_softmax(logits[row, : len(ids) - 1].double().cpu(), dim=-1)
             total = total + later[torch.arange(len(ids) - 1), targets[1:]].sum()

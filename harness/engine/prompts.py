@@ -169,13 +169,7 @@ def pad_token_lists(
 
     Right padding keeps every real token at its unpadded position (see :class:`PromptBatch`).
     """
-    width = max(len(row) for row in rows)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
+    input_ids, attention_mask = _padded(lm, rows, left=False)
     return input_ids.to(lm.device), attention_mask.to(lm.device)
 
 
@@ -189,16 +183,25 @@ def left_pad_token_lists(
     sliding window reads)."""
     if any(len(row) == 0 for row in rows):
         raise PowersteerError("a prompt encodes to no tokens; give every prompt some text")
+    input_ids, attention_mask = _padded(lm, rows, left=True)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    device = lm.device
+    return input_ids.to(device), attention_mask.to(device), position_ids.to(device)
+
+
+def _padded(
+    lm: LanguageModel, rows: Sequence[Sequence[int]], *, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` on the CPU, padded on the left or the right."""
     width = max(len(row) for row in rows)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        input_ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-        attention_mask[i, width - len(row) :] = 1
-    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    device = lm.device
-    return input_ids.to(device), attention_mask.to(device), position_ids.to(device)
+        start = width - len(row) if left else 0
+        input_ids[i, start : start + len(row)] = torch.tensor(list(row), dtype=torch.long)
+        attention_mask[i, start : start + len(row)] = 1
+    return input_ids, attention_mask
 
 
 def read_prompts(path: str | os.PathLike[str], *, field: str = "prompt") -> list[str]:

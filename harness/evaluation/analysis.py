@@ -384,7 +384,6 @@ def _add_power(table: pd.DataFrame, differences: list[pd.Series | None]) -> None
         if not math.isnan(standard_error):
             # Pooled random draws: the bootstrap's own spread, draws and prompts together.
             detectable = minimum_detectable_from_standard_error(standard_error, alpha, POWER)
-            of_interest = SCORE_DIFFERENCE_OF_INTEREST_SD * _sd(diffs)
             if row.metric == "success":
                 # A spread measured on rates near 0 or 1 is tiny; no paired test of rates
                 # at this n detects less than exact McNemar's most favourable case, and
@@ -392,6 +391,8 @@ def _add_power(table: pd.DataFrame, differences: list[pd.Series | None]) -> None
                 floor = mcnemar_minimum_detectable_difference(int(row.n), alpha, POWER)
                 detectable = max(detectable, floor) if not math.isnan(floor) else math.nan
                 of_interest = RATE_DIFFERENCE_OF_INTEREST
+            else:
+                of_interest = SCORE_DIFFERENCE_OF_INTEREST_SD * _sd(diffs)
         elif diffs is None:
             detectable = mcnemar_minimum_detectable_difference(int(row.n), alpha, POWER)
             of_interest = RATE_DIFFERENCE_OF_INTEREST
