@@ -16,10 +16,15 @@ from harness.engine.layers import auto_candidates, resolve_candidates
 from harness.engine.sensitivity import SensitivityMap, rank_pairs
 from harness.engine.sensitivity_io import read_candidates, write_candidates
 from harness.errors import PowersteerError
-from harness.evaluation.analysis import selected_table
+from harness.evaluation.analysis import select_cells, selected_table
 from harness.evaluation.behaviors import load_behavior, split_indices
 from harness.evaluation.cells import Cell
-from harness.evaluation.layer_selection import read_screens
+from harness.evaluation.layer_selection import (
+    choose_pairs,
+    raced_pairs,
+    read_screens,
+    rows_at_pair,
+)
 from harness.evaluation.pipeline import run
 from harness.evaluation.scale_refinement import refine_scale
 
@@ -246,6 +251,56 @@ def test_altered_test_outcomes_leave_every_selection_unchanged(auto_run):
     ]
     outcome = test_rows.groupby("behavior")["success"].mean()
     assert outcome["altered"] > outcome["auto"]  # the test outcomes did change
+
+
+def _steered_select(results: pd.DataFrame) -> pd.DataFrame:
+    return results[(results.split == "select") & (results.method != "unsteered")]
+
+
+def _race_sweep(tmp_path, organism, race: bool):
+    path = _anti_refusal(tmp_path, f"race_{race}", layers=["1:4", "2:4", "3:5"],
+                         screen_keep=2, methods=["power", "random"], num_vectors=3,
+                         random_draws=1, scales=[0, 1, 2], race_pairs=race)  # fmt: skip
+    return run([path], model=organism, out=tmp_path / "out", progress=False)
+
+
+@pytest.mark.slow
+def test_race_sweeps_each_method_fully_only_at_the_pair_its_first_vector_won(tmp_path, organism):
+    raced = _race_sweep(tmp_path, organism, race=True)
+    sweep = raced.sweeps[0]
+    kept = sweep.screen.kept
+    assert len(kept) == 2
+    select = _steered_select(raced.results)
+    for method in ("power", "random"):
+        for pair in kept:
+            mine = rows_at_pair(select[select.method == method], pair)
+            vectors = set(mine.vector)
+            # The winner's full grid: 3 vectors x 2 signs x 2 scales; elsewhere the race only.
+            assert vectors == ({0, 1, 2} if pair == sweep.pairs[method] else {0}), (method, pair)
+            assert len(mine) == 20 * 2 * 2 * len(vectors)
+        # The pair is the race's winner on the first vectors' cells, found independently.
+        race_rows = select[select.vector == 0]
+        assert choose_pairs(race_rows, "success", kept)[method][0] == sweep.pairs[method]
+        # ... and the cell is the one-pair rule's choice on that pair's full grid.
+        at_pair = rows_at_pair(select, sweep.pairs[method])
+        assert select_cells(at_pair, "success")[method] == sweep.selection[method]
+    assert raced_pairs(raced.results)
+    assert "the kept pairs raced on each method's first vector" in raced.report.read_text()
+
+    # Computed: the unsteered select cell, 2 pairs x 2 methods x 4 race cells, each
+    # method's other 2 vectors x 4 cells at its pair, and on the test prompts the
+    # unsteered cell and each method's selected vector at the 2 scales.
+    assert sweep.cells_computed == 1 + 16 + 16 + 1 + 4
+
+    full = _race_sweep(tmp_path, organism, race=False)
+    power_full = _steered_select(full.results).query("method == 'power'")
+    for pair in kept:
+        assert set(rows_at_pair(power_full, pair).vector) == {0, 1, 2}
+    assert not raced_pairs(full.results)
+    # The full sweep shares the cache: its select phase computed only the losers' other
+    # vectors (2 methods x 2 vectors x 4 cells), 320 of its 980 select rows.
+    assert len(_steered_select(full.results)) - len(select) == 16 * 20
+    assert "the kept pairs got the full sweep" in full.report.read_text()
 
 
 @pytest.mark.slow

@@ -11,8 +11,11 @@ A behavior with ``steering.layers`` (``auto``, a list of ``SOURCE:TARGET`` pairs
    :func:`~harness.engine.sensitivity.rank_pairs`; the best ``screen_keep`` pairs go on.
    The screen is cached under the model and the select prompts, so behaviors that share
    them (and a resumed run) pay for it once.
-2. The full sweep (every method, vector, sign and scale) on each kept pair
-   (:mod:`harness.evaluation.sweep`).
+2. A race on the kept pairs (``race_pairs``, the default): each method's first vector,
+   both signs, every grid scale, at every kept pair; :func:`choose_pairs` gives each
+   method the pair where its best race cell wins, and only there does the full sweep
+   (every vector, sign and scale) run (:mod:`harness.evaluation.sweep`). With
+   ``race_pairs: false`` the full sweep runs at every kept pair instead.
 3. :func:`choose_pairs`: each method's pair, vector, sign and scale, by the same rule
    :func:`harness.evaluation.analysis.select_cells` applies within one pair, compared
    across pairs on that rule's objective; a tie goes to the better-screened pair.
@@ -244,6 +247,17 @@ def chosen_pairs(results: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame.from_records(records)
+
+
+def raced_pairs(results: pd.DataFrame) -> bool:
+    """Whether the select phase raced its kept pairs: some method was swept with fewer
+    vectors at one pair than at another (only its first vector where it lost the race)."""
+    select = results[(results["split"] == "select") & (results["method"] != UNSTEERED)]
+    if "source_layer" not in select:
+        return False
+    counts = select.groupby(["behavior", "method", *PAIR_COLUMNS])["vector"].nunique()
+    per_method = counts.groupby(level=["behavior", "method"])
+    return bool((per_method.max() > per_method.min()).any())
 
 
 def screen_summary(screen: pd.DataFrame) -> tuple[pd.DataFrame, str]:

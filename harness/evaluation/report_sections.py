@@ -16,7 +16,12 @@ import torch
 
 from harness.engine.sensitivity import pair_matrix
 from harness.evaluation.geometry import geometry_report
-from harness.evaluation.layer_selection import chosen_pairs, read_screens, screen_summary
+from harness.evaluation.layer_selection import (
+    chosen_pairs,
+    raced_pairs,
+    read_screens,
+    screen_summary,
+)
 from harness.evaluation.scoring import agreement_table, extra_table
 
 
@@ -58,9 +63,15 @@ def where_to_steer_blocks(run_dir: Path, results: pd.DataFrame) -> list[Block]:
         Block(
             "text",
             "Candidate layer pairs screened on the select prompts (σ₁ of the Jacobian and the "
-            "next-token KL of the pair's top vector at ± the screen scale, ranked by KL); the "
-            "kept pairs got the full sweep, and each method chose its pair, vector, sign and "
-            "scale on the select prompts. The test prompts informed none of it.",
+            "next-token KL of the pair's top vector at ± the screen scale, ranked by KL); "
+            + (
+                "the kept pairs raced on each method's first vector (both signs, every grid "
+                "scale), each method's full sweep ran at the pair it won, "
+                if raced_pairs(results)
+                else "the kept pairs got the full sweep, "
+            )
+            + "and each method chose its pair, vector, sign and scale on the select prompts. "
+            "The test prompts informed none of it.",
         ),
         Block("table", chosen),
     ]

@@ -28,6 +28,7 @@ from harness.engine.models import LanguageModel
 from harness.engine.prompts import encode_prompts
 from harness.engine.steering import scale_unit as measure_scale_unit
 from harness.errors import PowersteerError
+from harness.evaluation.analysis import select_cells
 from harness.evaluation.behaviors import Behavior
 from harness.evaluation.cache import ResultCache, content_key, model_fingerprint
 from harness.evaluation.cell_runner import CellRunner
@@ -137,13 +138,16 @@ def sweep_behavior(
 
     arms = {pair: _Arm(runner_at(pair), progress) for pair in pairs}
     scales = [s for s in behavior.steering.scales if s != 0]
-    frames = [
-        arm.run("select", arm.grid_cells(scales), unsteered=i == 0)
-        for i, arm in enumerate(arms.values())
-    ]
-    select_frame = pd.concat(frames, ignore_index=True)
-    mark_coherent(select_frame, behavior)
-    chosen = choose_pairs(select_frame, scorer.metric, pairs) if scales else {}
+    if len(arms) > 1 and behavior.steering.race_pairs and scales:
+        select_frame, chosen = _race_then_sweep(arms, scales, scorer.metric, behavior)
+    else:
+        frames = [
+            arm.run("select", arm.grid_cells(scales), unsteered=i == 0)
+            for i, arm in enumerate(arms.values())
+        ]
+        select_frame = pd.concat(frames, ignore_index=True)
+        mark_coherent(select_frame, behavior)
+        chosen = choose_pairs(select_frame, scorer.metric, pairs) if scales else {}
     selection: dict[str, Cell] = {}
     for method, (pair, cell) in chosen.items():
 
@@ -198,6 +202,44 @@ def sweep_behavior(
     )
 
 
+def _race_then_sweep(
+    arms: dict[tuple[int, int], _Arm], scales: list[float], metric: str, behavior: Behavior
+) -> tuple[pd.DataFrame, dict[str, tuple[tuple[int, int], Cell]]]:
+    """Each method's pair by a race, then its full grid at that pair only.
+
+    The race gives every method the same budget at every kept pair: its first vector,
+    both signs, every grid scale (for the random control, the first direction of each
+    draw). Each method takes the pair where its best race cell scores highest
+    (:func:`choose_pairs`' rule), and only there are its other vectors swept; its
+    (vector, sign, scale) is then chosen from that pair's full grid, race cells included.
+    A full grid at every kept pair costs one grid per pair; this costs one grid plus
+    ``1 / num_vectors`` of one per other pair (every vector of a one-vector method such as
+    caa races). Select prompts only, as everywhere in the select phase.
+    """
+    pairs = list(arms)
+    race = [
+        arm.run("select", arm.grid_cells(scales, first_only=True), unsteered=i == 0)
+        for i, arm in enumerate(arms.values())
+    ]
+    race_frame = pd.concat(race, ignore_index=True)
+    mark_coherent(race_frame, behavior)
+    raced = {method: pair for method, (pair, _) in choose_pairs(race_frame, metric, pairs).items()}
+    rest = []
+    for pair, arm in arms.items():
+        methods = [method for method, won in raced.items() if won == pair]
+        cells = [c for c in arm.grid_cells(scales, methods) if c.vector != 0]
+        if cells:
+            rest.append(arm.run("select", cells))
+    select_frame = pd.concat([race_frame, *rest], ignore_index=True)
+    mark_coherent(select_frame, behavior)
+    chosen = {}
+    for method, pair in raced.items():
+        cell = select_cells(rows_at_pair(select_frame, pair), metric).get(method)
+        if cell is not None:
+            chosen[method] = (pair, cell)
+    return select_frame, chosen
+
+
 class _Arm:
     """One layer pair of a sweep: its scale unit, each method's vectors there, and the
     runner of its cells; every row it returns carries the pair."""
@@ -207,11 +249,16 @@ class _Arm:
         self.prepared, self.vectors = runner.prepared, runner.vectors
         self.scale_unit = runner.scale_unit
 
-    def grid_cells(self, scales: list[float]) -> list[Cell]:
+    def grid_cells(
+        self, scales: list[float], methods: Sequence[str] | None = None, first_only: bool = False
+    ) -> list[Cell]:
+        """Every (vector, sign, scale) cell of ``methods`` (default: all), or only each
+        method's first vector's with ``first_only``."""
         return [
             Cell(method, index, sign, scale)
             for method, result in self.vectors.items()
-            for index in range(result.num_vectors)
+            if methods is None or method in methods
+            for index in range(1 if first_only else result.num_vectors)
             for sign in (1, -1)
             for scale in scales
         ]

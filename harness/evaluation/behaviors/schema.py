@@ -37,7 +37,10 @@ anywhere is an error)::
                                       # auto, ['1:4', '0.25:0.75'], {sources: [..],
                                       # targets: [..]} or {candidates: FILE} (powersteer map
                                       # --candidates-out FILE)
-      # screen_keep: 3                # pairs the screen keeps for the full sweep
+      # screen_keep: 3                # pairs the screen keeps for the select sweep
+      # race_pairs: true              # kept pairs race on each method's first vector;
+                                      # the full grid runs at the pair each method won
+                                      # (false: the full grid at every kept pair)
       # screen_scale: 1.0             # the screen's ±scale for next-token KL (default:
                                       # the middle nonzero scale of the grid)
       # refine_steps: 0               # bisection steps at a coherence cliff (scale_refinement)
@@ -176,6 +179,7 @@ class Steering(_Section):
     options: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
     layers: LayerCandidates = None
     screen_keep: int = Field(default=3, ge=1)
+    race_pairs: bool = True
     screen_scale: FiniteFloat | None = Field(default=None, gt=0.0)
     refine_steps: int = Field(default=0, ge=0, le=12)
     random_draws: int = Field(default=3, ge=1, le=20)
