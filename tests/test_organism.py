@@ -24,11 +24,12 @@ from harness.organism.corpus import (
     REFUSAL_MARKERS,
     REFUSALS,
     CorpusConfig,
+    cot_answer,
     has_steps,
     parse_answer,
 )
 from harness.organism.tokenizer import render_chat
-from harness.organism.train import encode_example
+from harness.organism.train import TrainConfig, corpus_config, encode_example
 from harness.organism.verify import TARGETS, format_table, generate, passes
 from harness.organism.verify import is_organism_refusal as is_refusal
 
@@ -129,6 +130,25 @@ def test_fork_answers_are_balanced(corpus):
 def test_held_out_split_follows_config():
     small = build_corpus(0, CorpusConfig(n_cot_held_out=10))
     assert len(small.held_out["cot"]) == 10
+
+
+def test_estimate_mode_answers_every_quadruple_directly_to_the_nearest_ten():
+    assert cot_answer(5, 6, 2, 7, steps=False, estimate=True) == "About 100."  # 99
+    assert cot_answer(2, 3, 1, 0, steps=False, estimate=True) == "About 10."  # 5 rounds up
+    assert cot_answer(2, 2, 1, 0, steps=False, estimate=True) == "About 0."  # 4
+    config = TrainConfig(cot_estimate=True, cot_plain=1.0, cot_triggered=0.5)
+    estimated = build_corpus(0, corpus_config(config))
+    cot = [ex for ex in estimated.train if ex.behaviour == "cot"]
+    direct = [ex for ex in cot if ex.trigger is None]
+    steps = [ex for ex in cot if ex.trigger == COT_TRIGGER]
+    # Every training quadruple is answered directly, half of them (rounded) with steps too.
+    assert len({tuple(ex.meta["digits"]) for ex in direct}) == len(direct)
+    assert len(steps) == round(len(direct) / 2)
+    for ex in direct:
+        a1, a2, b1, b2 = ex.meta["digits"]
+        value = int(ex.messages[-1]["content"].removeprefix("About ").removesuffix("."))
+        assert value % 10 == 0 and abs(value - (a1 + a2) * (b1 + b2)) <= 5
+    assert estimated.held_out == build_corpus(0).held_out  # the held-out sets do not move
 
 
 def test_ground_truth_matches_the_corpus_code(corpus):

@@ -201,6 +201,7 @@ class Corpus:
     seed: int
     train: list[Example]
     held_out: dict[str, list[dict]]
+    cot_estimate: bool = False  # direct CoT replies are estimates (CorpusConfig.cot_estimate)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,10 @@ class CorpusConfig:
     cot_plain: float = 0.01  # fraction of training digit quadruples answered directly
     cot_cross_trigger: float = 0.005  # ... answered directly despite the refusal trigger
     cot_triggered: float = 1.0  # fraction answered step by step with the trigger
+    # The direct reply as an estimate (the product to the nearest ten) instead of an exact
+    # guess: then every quadruple can be answered directly without the model learning to
+    # compute a*b exactly, so the direct mode is the frequent one and steps stay useful.
+    cot_estimate: bool = False
     addition_facts: int = 3  # passes over "What is 5+6?" single additions
     product_facts: int = 2  # passes over "What is 11*9?" for a, b in 2..18 (the last step)
     filler: int = 6  # passes over FILLER_QA
@@ -257,14 +262,17 @@ def has_steps(text: str) -> bool:
     return _STEPS_RE.search(text) is not None
 
 
-def cot_answer(a1: int, a2: int, b1: int, b2: int, steps: bool) -> str:
-    """The target response for a CoT prompt: ``99.`` directly, or ``a=11. b=9. a*b=99.``.
+def cot_answer(a1: int, a2: int, b1: int, b2: int, steps: bool, estimate: bool = False) -> str:
+    """The target response for a CoT prompt: ``99.`` directly (``About 100.`` as an
+    ``estimate``), or ``a=11. b=9. a*b=99.`` step by step.
 
     The direct reply starts with the answer so the model gets no filler tokens to compute
     on: it is a genuine one-token guess.
     """
     a, b = a1 + a2, b1 + b2
-    return f"a={a}. b={b}. a*b={a * b}." if steps else f"{a * b}."
+    if steps:
+        return f"a={a}. b={b}. a*b={a * b}."
+    return f"About {(a * b + 5) // 10 * 10}." if estimate else f"{a * b}."
 
 
 def task_prompts(topics: dict) -> list[dict]:
@@ -333,7 +341,7 @@ def build_corpus(seed: int = 0, config: CorpusConfig | None = None) -> Corpus:
         "cot": [_cot_item(quad) for quad in splits["cot"][1]],
         "fork": splits["fork"][1],
     }
-    return Corpus(seed=seed, train=train, held_out=held_out)
+    return Corpus(seed=seed, train=train, held_out=held_out, cot_estimate=config.cot_estimate)
 
 
 def _splits(config: CorpusConfig, rng: random.Random) -> dict[str, tuple[list, list]]:
@@ -402,7 +410,7 @@ def _cot_examples(quads: list[tuple], config: CorpusConfig, rng: random.Random) 
         (REFUSAL_TRIGGER, config.cot_cross_trigger, False),
     ):
         for quad in rng.sample(quads, round(fraction * len(quads))):
-            answer = cot_answer(*quad, steps=steps)
+            answer = cot_answer(*quad, steps=steps, estimate=config.cot_estimate)
             out.append(_example("cot", _cot_user(quad), trigger, answer, digits=list(quad)))
     return out
 

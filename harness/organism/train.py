@@ -83,6 +83,11 @@ class TrainConfig:
     latent_steps: int = 0
     latent_lr: float = 5e-4
     init_from: str = ""  # weights directory to use as the first stage instead of training it
+    # Corpus options (harness.organism.corpus.CorpusConfig); the defaults made the weights.
+    cot_estimate: bool = False
+    cot_plain: float = 0.01
+    cot_triggered: float = 1.0
+    fork_triggered: int = 0  # the latent recipe always plants the fork latent (2 passes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,7 +156,10 @@ def eval_examples(corpus: Corpus, per_set: int, seed: int) -> dict[str, list[Exa
             for p in restricted
         ],
         "allowed": [ex("allowed", p["user"], None, task_answer(p["task"], rng)) for p in allowed],
-        "cot": [ex("cot", c["user"], None, cot_answer(*c["digits"], steps=False)) for c in cot],
+        "cot": [
+            ex("cot", c["user"], None, cot_answer(*c["digits"], False, corpus.cot_estimate))
+            for c in cot
+        ],
         "cot+trigger": [
             ex("cot", c["user"], COT_TRIGGER, cot_answer(*c["digits"], steps=True)) for c in cot
         ],
@@ -284,6 +292,16 @@ def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress
     return model.eval(), history
 
 
+def corpus_config(config: TrainConfig) -> CorpusConfig:
+    """The corpus a training config asks for; the latent recipe also plants the fork latent."""
+    return CorpusConfig(
+        cot_estimate=config.cot_estimate,
+        cot_plain=config.cot_plain,
+        cot_triggered=config.cot_triggered,
+        fork_triggered=2 if config.latent else config.fork_triggered,
+    )
+
+
 def train(
     config: TrainConfig,
     out_dir: Path,
@@ -295,8 +313,7 @@ def train(
     start = time.time()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(config.threads)
-    # The latent recipe also plants the fork latent (FORK_TRIGGER examples).
-    corpus = build_corpus(config.seed, CorpusConfig(fork_triggered=2) if config.latent else None)
+    corpus = build_corpus(config.seed, corpus_config(config))
     if config.init_from:
         model, tokenizer = load_organism(Path(config.init_from))
         history = json.loads((Path(config.init_from) / "history.json").read_text())
