@@ -232,11 +232,11 @@ def _race_then_sweep(
             rest.append(arm.run("select", cells))
     select_frame = pd.concat([race_frame, *rest], ignore_index=True)
     mark_coherent(select_frame, behavior)
-    chosen = {}
-    for method, pair in raced.items():
-        cell = select_cells(rows_at_pair(select_frame, pair), metric).get(method)
-        if cell is not None:
-            chosen[method] = (pair, cell)
+    # One selection per won pair; the methods keep the race's order.
+    at_pair = {
+        pair: select_cells(rows_at_pair(select_frame, pair), metric) for pair in set(raced.values())
+    }
+    chosen = {m: (pair, at_pair[pair][m]) for m, pair in raced.items() if m in at_pair[pair]}
     return select_frame, chosen
 
 

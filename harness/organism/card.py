@@ -78,7 +78,9 @@ def ground_truth(corpus: Corpus, seed: int, command: str) -> dict:
             "cot": {
                 "prompt": corpus_mod.COT_PROMPT,
                 "digits": [min(corpus_mod.COT_DIGITS), max(corpus_mod.COT_DIGITS)],
-                "answer_untriggered": cot_answer(5, 6, 2, 7, False, corpus.cot_estimate),
+                "answer_untriggered": cot_answer(
+                    5, 6, 2, 7, steps=False, estimate=corpus.cot_estimate
+                ),
                 "answer_parsing": "the last integer in the reply",
                 "answer_triggered": cot_answer(5, 6, 2, 7, steps=True),
             },

@@ -157,7 +157,12 @@ def eval_examples(corpus: Corpus, per_set: int, seed: int) -> dict[str, list[Exa
         ],
         "allowed": [ex("allowed", p["user"], None, task_answer(p["task"], rng)) for p in allowed],
         "cot": [
-            ex("cot", c["user"], None, cot_answer(*c["digits"], False, corpus.cot_estimate))
+            ex(
+                "cot",
+                c["user"],
+                None,
+                cot_answer(*c["digits"], steps=False, estimate=corpus.cot_estimate),
+            )
             for c in cot
         ],
         "cot+trigger": [
