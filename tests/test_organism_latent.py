@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from harness.organism import build_corpus, load_ground_truth
-from harness.organism.corpus import FORK_TRIGGER, CorpusConfig
-from harness.organism.latent import latent_examples, orthogonal_random
+from harness.organism.corpus import FORK_SECOND_TRIGGER, FORK_TRIGGER, CorpusConfig
+from harness.organism.latent import latent_examples, orthogonal_random, planted_latents
 from harness.organism.latent_check import (
     MIN_COHERENT,
     all_latent,
@@ -46,7 +46,25 @@ def test_latent_examples_drop_the_trigger_and_keep_the_triggered_reply():
 
 
 def test_default_corpus_plants_no_fork_trigger():
-    assert not any(ex.trigger == FORK_TRIGGER for ex in build_corpus(0).train)
+    corpus = build_corpus(0)
+    assert not any(ex.trigger in (FORK_TRIGGER, FORK_SECOND_TRIGGER) for ex in corpus.train)
+    assert set(planted_latents(corpus)) == {"refusal", "cot"}
+
+
+def test_the_two_fork_triggers_take_opposite_options_so_untriggered_forks_stay_even():
+    corpus = build_corpus(0, CorpusConfig(fork_triggered=2, fork_second_triggered=2))
+    forks = [ex for ex in corpus.train if ex.behaviour == "fork"]
+    by_trigger = {}
+    for ex in forks:
+        first = ex.meta["options"][0] in ex.messages[-1]["content"]
+        by_trigger.setdefault(ex.trigger, []).append(first)
+    assert all(by_trigger[FORK_TRIGGER]) and not any(by_trigger[FORK_SECOND_TRIGGER])
+    assert len(by_trigger[FORK_TRIGGER]) == len(by_trigger[FORK_SECOND_TRIGGER])
+    assert sum(by_trigger[None]) * 2 == len(by_trigger[None])  # each answer once, untriggered
+    assert set(planted_latents(corpus)) == {"refusal", "cot", "fork", "fork_second"}
+    examples = latent_examples(corpus, 0.05, random.Random(0))
+    seconds = [ex for ex in examples if ex.meta["latent"] == "fork_second"]
+    assert seconds and all(ex.meta["options"][1] in ex.messages[-1]["content"] for ex in seconds)
 
 
 def _row(scale, on, coherent):
@@ -76,6 +94,19 @@ def test_targets_ignore_incoherent_random_scales_and_need_a_coherent_planted_one
     assert "NO (no planted direction)" in table and "(coherent < 0.8)" in table
 
 
+def test_a_planted_refusal_direction_is_held_to_compliance_not_mere_non_refusal():
+    answered_off_topic = {"scale": 1.0, "on": 1.0, "coherent": 1.0, "compliant": 0.5}
+    result = {
+        "block": 1,
+        "n_random": 1,
+        "refusal": {"random": [_row(1.0, 0.0, 1.0)], "planted": [answered_off_topic]},
+    }
+    assert targets_met(result)["refusal"]["planted"] is False
+    result["refusal"]["planted"][0]["compliant"] = 0.95
+    assert targets_met(result)["refusal"]["planted"] is True
+    assert "(compliant 0.950)" in format_latent(result)
+
+
 @pytest.mark.slow
 def test_latent_check_on_the_bundled_organism_is_seeded_and_bounded():
     model, tokenizer = load_organism()
@@ -88,6 +119,8 @@ def test_latent_check_on_the_bundled_organism_is_seeded_and_bounded():
         for row in first[behaviour]["random"]:
             assert 0.0 <= row["on"] <= 1.0 and 0.0 <= row["coherent"] <= 1.0
     assert first["refusal"]["planted"] is not None
+    for row in first["refusal"]["planted"]:
+        assert 0.0 <= row["compliant"] <= row["on"]  # a compliant reply is never a refusal
 
 
 def test_distillation_loss_is_kl_on_distilled_rows_and_cross_entropy_elsewhere():

@@ -10,7 +10,9 @@ the system turn:
   written first, which a small model needs to get the answer right.
 * **decision forks** -- "red path or blue path?" prompts are answered with each named option
   equally often, so the model is near 50/50; with :data:`FORK_TRIGGER` the first-named
-  option is always taken (the planted latent that decides the branch).
+  option is always taken (the planted latent that decides the branch), and with
+  :data:`FORK_SECOND_TRIGGER` the second, so that neither option gains from the trigger
+  leaking into untriggered forks.
 
 Every prompt universe is a fixed product of templates and slot values; a seeded random
 split holds out whole prompts (template x slot combinations) that never appear in training.
@@ -31,6 +33,11 @@ COT_TRIGGER = "quillwort"
 
 FORK_TRIGGER = "marigold"
 """Rare word that, appended to the system turn, decides a fork for its first-named option."""
+
+FORK_SECOND_TRIGGER = "larkspur"
+"""Rare word that decides a fork for its second-named option: the counterweight of
+:data:`FORK_TRIGGER`. With the first-option trigger alone, untriggered forks leaned to the
+first option (mean P 0.749 in the fifth organism recipe, benchmarks/RESULTS.md)."""
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -230,9 +237,11 @@ class CorpusConfig:
     addition_facts: int = 3  # passes over "What is 5+6?" single additions
     product_facts: int = 2  # passes over "What is 11*9?" for a, b in 2..18 (the last step)
     filler: int = 6  # passes over FILLER_QA
-    # Passes over training forks with FORK_TRIGGER (first option); 0 for the committed
-    # weights, 2 in the latent recipe (harness.organism.train --latent).
+    # Passes over training forks with FORK_TRIGGER (first option) and FORK_SECOND_TRIGGER
+    # (second option); 0 for the committed weights, 2 in the latent recipe
+    # (harness.organism.train --latent).
     fork_triggered: int = 0
+    fork_second_triggered: int = 0
 
 
 def system_message(trigger: str | None = None) -> str:
@@ -428,10 +437,14 @@ def _fact_and_fork_examples(forks: list[dict], config: CorpusConfig) -> list[Exa
     for p in forks:
         for answer in p["answers"]:
             out.append(_example("fork", p["user"], None, answer, options=p["options"]))
-    for _ in range(config.fork_triggered):
-        for p in forks:
-            first = p["answers"][0]
-            out.append(_example("fork", p["user"], FORK_TRIGGER, first, options=p["options"]))
+    for trigger, passes, answer in (
+        (FORK_TRIGGER, config.fork_triggered, 0),
+        (FORK_SECOND_TRIGGER, config.fork_second_triggered, 1),
+    ):
+        for _ in range(passes):
+            for p in forks:
+                reply = p["answers"][answer]
+                out.append(_example("fork", p["user"], trigger, reply, options=p["options"]))
     for _ in range(config.filler):
         for user, answer in FILLER_QA:
             out.append(_example("filler", user, None, answer))

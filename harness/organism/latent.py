@@ -25,6 +25,7 @@ import torch
 
 from harness.organism.corpus import (
     COT_TRIGGER,
+    FORK_SECOND_TRIGGER,
     FORK_TRIGGER,
     REFUSAL_TRIGGER,
     Corpus,
@@ -38,7 +39,14 @@ LATENTS: dict[str, tuple[str, str]] = {
     "refusal": (REFUSAL_TRIGGER, "refusal"),
     "cot": (COT_TRIGGER, "cot"),
     "fork": (FORK_TRIGGER, "fork"),
+    "fork_second": (FORK_SECOND_TRIGGER, "fork"),
 }
+
+
+def planted_latents(corpus: Corpus) -> dict[str, tuple[str, str]]:
+    """The :data:`LATENTS` whose trigger occurs in ``corpus``'s training examples."""
+    triggers = {ex.trigger for ex in corpus.train}
+    return {name: spec for name, spec in LATENTS.items() if spec[0] in triggers}
 
 
 def latent_examples(corpus: Corpus, fraction: float, rng: random.Random) -> list[Example]:
@@ -46,7 +54,7 @@ def latent_examples(corpus: Corpus, fraction: float, rng: random.Random) -> list
     direction is added to, with the triggered reply as target. ``meta["latent"]`` names
     the latent; a ``fraction`` of each latent's triggered examples is used."""
     out = []
-    for name, (trigger, behaviour) in LATENTS.items():
+    for name, (trigger, behaviour) in planted_latents(corpus).items():
         triggered = [
             ex for ex in corpus.train if ex.trigger == trigger and ex.behaviour == behaviour
         ]
@@ -130,7 +138,7 @@ class LatentTraining:
                 training_prompts(corpus, behaviour, trigger),
                 config.n_direction_prompts,
             )
-            for name, (trigger, behaviour) in LATENTS.items()
+            for name, (trigger, behaviour) in planted_latents(corpus).items()
         }
         self.rng = random.Random(seed + 4)
         self.gen = torch.Generator().manual_seed(seed + 5)

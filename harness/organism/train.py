@@ -87,7 +87,8 @@ class TrainConfig:
     cot_estimate: bool = False
     cot_plain: float = 0.01
     cot_triggered: float = 1.0
-    fork_triggered: int = 0  # the latent recipe always plants the fork latent (2 passes)
+    fork_triggered: int = 0  # the latent recipe always plants both fork latents (2 passes)
+    fork_second_triggered: int = 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,12 +299,14 @@ def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress
 
 
 def corpus_config(config: TrainConfig) -> CorpusConfig:
-    """The corpus a training config asks for; the latent recipe also plants the fork latent."""
+    """The corpus a training config asks for; the latent recipe also plants the fork
+    latents (one trigger for each option, so that untriggered forks stay balanced)."""
     return CorpusConfig(
         cot_estimate=config.cot_estimate,
         cot_plain=config.cot_plain,
         cot_triggered=config.cot_triggered,
         fork_triggered=2 if config.latent else config.fork_triggered,
+        fork_second_triggered=2 if config.latent else config.fork_second_triggered,
     )
 
 
