@@ -140,3 +140,41 @@ def test_distillation_loss_is_kl_on_distilled_rows_and_cross_entropy_elsewhere()
     # A model that equals its teacher has zero loss on distilled rows.
     same = distillation_loss(teacher, teacher, labels, torch.tensor([True, True]))
     assert float(same) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_two_stage_training_records_the_fine_tuned_models_losses(tmp_path, monkeypatch):
+    """The card's final losses come from the model that is saved (after the distillation
+    stage), not from the first stage's last evaluation."""
+    import json
+
+    from harness.organism import train as train_module
+    from harness.organism.verify import GROUND_TRUTH
+
+    monkeypatch.setattr(train_module, "measure_and_write", lambda out_dir: {"wall_time_s": 0})
+    config = train_module.TrainConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        max_steps=2,
+        eval_every=1,
+        eval_per_set=4,
+        batch_size=8,
+        latent=True,
+        latent_steps=2,
+        steer_first_block=0,
+        steer_last_block=0,
+        threads=1,
+    )
+    train_module.train(config, tmp_path, "test", device="cpu", progress=False)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["train"]) == 2 and len(history["latent"]) == 2
+    assert history["eval"][-1]["step"] == 4  # measured after both stages
+    final = json.loads((tmp_path / GROUND_TRUTH).read_text())["training"]["final_losses"]
+    assert final["train"] == pytest.approx(sum(history["latent"]) / 2)
+    for name, loss in history["eval"][-1].items():
+        if name != "step":
+            assert final[name] == loss
+    reloaded, _ = load_organism(tmp_path)
+    assert sum(p.numel() for p in reloaded.parameters()) > 0

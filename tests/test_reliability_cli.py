@@ -116,7 +116,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_reuses_the_kept_cells(tmp_pat
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-2000:]
+    assert process.returncode == 130, f"exit {process.returncode}: {stderr[-2000:]}"
     line = one_error_line(stderr, "run")
     assert line == interrupted_message("run") and line.startswith("powersteer run: interrupted;")
     assert "finished cells are kept" in line and "run the same command again to resume" in line

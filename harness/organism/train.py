@@ -336,7 +336,15 @@ def train(
         model, history["latent"] = finetune_latent(
             model, tokenizer, corpus, config, device, progress
         )
-    last = history["train"][-50:]
+        # The card's final losses are the fine-tuned model's, not the first stage's.
+        evals = {
+            name: [encode_example(ex, tokenizer) for ex in exs]
+            for name, exs in eval_examples(corpus, config.eval_per_set, config.seed).items()
+        }
+        final = eval_losses(model, evals, tokenizer.pad_token_id, device)
+        history["eval"].append({"step": len(history["train"]) + len(history["latent"])} | final)
+        model.eval()
+    last = history.get("latent", history["train"])[-50:]
     truth = ground_truth(corpus, config.seed, command)
     truth["training"] = {
         "config": asdict(config),
