@@ -178,3 +178,41 @@ def test_two_stage_training_records_the_fine_tuned_models_losses(tmp_path, monke
             assert final[name] == loss
     reloaded, _ = load_organism(tmp_path)
     assert sum(p.numel() for p in reloaded.parameters()) > 0
+
+
+def test_refusal_rows_take_their_own_perturbation_share_and_forks_their_own_latent_share():
+    from harness.organism.latent import LatentConfig, LatentState, LatentTraining
+    from harness.organism.train import TrainConfig, config_latent_examples, corpus_config
+
+    config = TrainConfig(latent=True, fork_latent_fraction=1.0, latent_fraction=0.1)
+    corpus = build_corpus(0, corpus_config(config))
+    rows = config_latent_examples(config, corpus)
+    fork_triggered = [ex for ex in corpus.train if ex.trigger == FORK_TRIGGER]
+    assert sum(ex.meta["latent"] == "fork" for ex in rows) == len(fork_triggered)
+    cot_triggered = [ex for ex in corpus.train if ex.behaviour == "cot" and ex.trigger]
+    cot_rows = sum(ex.meta["latent"] == "cot" for ex in rows)
+    assert 0 < cot_rows < 0.2 * len(cot_triggered)
+
+    latent_config = LatentConfig(
+        blocks=(1,),
+        perturb_fraction=0.0,
+        refusal_perturb_fraction=1.0,
+        planted_min_scale=0.5,
+        planted_max_scale=1.5,
+        perturb_max_scale=3.0,
+        refresh_every=20,
+        n_direction_prompts=4,
+    )
+    training = LatentTraining(latent_config, corpus, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    training.state = LatentState(
+        unit={1: 10.0},
+        directions={1: {n: torch.randn(8, generator=gen) for n in planted_latents(corpus)}},
+    )
+    plain = [ex for ex in corpus.train if ex.trigger is None]
+    batch = [ex for ex in plain if ex.behaviour in ("refusal", "allowed")][:20]
+    batch += [ex for ex in plain if ex.behaviour in ("cot", "fork")][:20]
+    _, delta = training.deltas(batch)
+    pushed = delta.abs().sum(dim=(1, 2)) > 0
+    # Refusal rows pushed unless the draw of their scale is exactly 0; no other row is.
+    assert pushed[:20].sum() >= 19 and not pushed[20:].any()

@@ -49,16 +49,23 @@ def planted_latents(corpus: Corpus) -> dict[str, tuple[str, str]]:
     return {name: spec for name, spec in LATENTS.items() if spec[0] in triggers}
 
 
-def latent_examples(corpus: Corpus, fraction: float, rng: random.Random) -> list[Example]:
+def latent_examples(
+    corpus: Corpus,
+    fraction: float,
+    rng: random.Random,
+    fractions: dict[str, float] | None = None,
+) -> list[Example]:
     """Triggered training examples with the trigger removed: the prompt the planted
     direction is added to, with the triggered reply as target. ``meta["latent"]`` names
-    the latent; a ``fraction`` of each latent's triggered examples is used."""
+    the latent; a ``fraction`` of each latent's triggered examples is used, or
+    ``fractions[behaviour]`` where given (at most 1)."""
     out = []
     for name, (trigger, behaviour) in planted_latents(corpus).items():
         triggered = [
             ex for ex in corpus.train if ex.trigger == trigger and ex.behaviour == behaviour
         ]
-        for ex in rng.sample(triggered, round(fraction * len(triggered))):
+        share = min(1.0, (fractions or {}).get(behaviour, fraction))
+        for ex in rng.sample(triggered, round(share * len(triggered))):
             messages = conversation(ex.messages[1]["content"], None, ex.messages[-1]["content"])
             out.append(Example(ex.behaviour, messages, None, ex.meta | {"latent": name}))
     return out
@@ -120,6 +127,9 @@ def orthogonal_random(directions: Sequence[torch.Tensor], n: int, gen: torch.Gen
 class LatentConfig:
     blocks: tuple[int, ...]
     perturb_fraction: float  # rows given a random orthogonal direction
+    # ... for refusal and allowed-request rows, where random pushes answered restricted
+    # requests in every recipe (benchmarks/RESULTS.md, the sixth recipe)
+    refusal_perturb_fraction: float
     perturb_max_scale: float  # its norm is uniform in [0, this] scale units
     planted_min_scale: float  # planted direction added at a uniform scale in [min, max]
     planted_max_scale: float
@@ -161,9 +171,14 @@ class LatentTraining:
             if latent is not None:
                 scale = self.rng.uniform(config.planted_min_scale, config.planted_max_scale)
                 rows.append(scale * unit * planted[latent])
-            elif self.rng.random() < config.perturb_fraction:
+            elif self.rng.random() < self._perturb_fraction(ex):
                 scale = self.rng.uniform(0.0, config.perturb_max_scale)
                 rows.append(scale * unit * noise[row])
             else:
                 rows.append(torch.zeros_like(noise[row]))
         return block, torch.stack(rows)[:, None, :]
+
+    def _perturb_fraction(self, example: Example) -> float:
+        if example.behaviour in ("refusal", "allowed"):
+            return self.config.refusal_perturb_fraction
+        return self.config.perturb_fraction

@@ -30,10 +30,10 @@ from tqdm import tqdm
 from harness.engine.models import LanguageModel, find_decoder_blocks
 from harness.engine.sites import site_output, with_site_output
 from harness.organism.corpus import Corpus
-from harness.organism.latent import latent_examples
 from harness.organism.train import (
     IGNORE,
     collate,
+    config_latent_examples,
     encode_example,
     latent_training,
     make_batches,
@@ -106,9 +106,7 @@ def finetune_latent(
         parameter.requires_grad_(True)
     lm = LanguageModel(model, tokenizer, find_decoder_blocks(model), name="organism")
 
-    examples = corpus.train + latent_examples(
-        corpus, config.latent_fraction, random.Random(config.seed + 6)
-    )
+    examples = corpus.train + config_latent_examples(config, corpus)
     encoded = [encode_example(ex, tokenizer) for ex in examples]
     lengths = [len(ids) for ids, _ in encoded]
     rng = random.Random(config.seed + 7)

@@ -72,6 +72,8 @@ class TrainConfig:
     latent: bool = False
     latent_fraction: float = 0.3  # of triggered examples also trained as direction + no trigger
     perturb_fraction: float = 0.5  # of other rows given a random orthogonal direction
+    refusal_perturb_fraction: float = 0.5  # ... of refusal and allowed-request rows
+    fork_latent_fraction: float = 0.3  # latent_fraction for the fork latents
     perturb_max_scale: float = 3.0
     planted_min_scale: float = 0.75
     planted_max_scale: float = 2.0
@@ -226,12 +228,23 @@ def eval_losses(model, encoded_sets: dict[str, list], pad_id: int, device) -> di
     return losses
 
 
+def config_latent_examples(config: TrainConfig, corpus: Corpus) -> list[Example]:
+    """The planted-direction rows ``config`` asks for (:func:`latent_examples`)."""
+    return latent_examples(
+        corpus,
+        config.latent_fraction,
+        random.Random(config.seed + 6),
+        fractions={"fork": config.fork_latent_fraction},
+    )
+
+
 def latent_training(config: TrainConfig, corpus: Corpus) -> LatentTraining:
     """The residual additions of ``config``'s latent recipe (:mod:`harness.organism.latent`)."""
     return LatentTraining(
         LatentConfig(
             blocks=tuple(range(config.steer_first_block, config.steer_last_block + 1)),
             perturb_fraction=config.perturb_fraction,
+            refusal_perturb_fraction=config.refusal_perturb_fraction,
             perturb_max_scale=config.perturb_max_scale,
             planted_min_scale=config.planted_min_scale,
             planted_max_scale=config.planted_max_scale,
@@ -250,9 +263,7 @@ def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress
     """
     examples = corpus.train
     if config.latent:
-        examples = examples + latent_examples(
-            corpus, config.latent_fraction, random.Random(config.seed + 6)
-        )
+        examples = examples + config_latent_examples(config, corpus)
     encoded = [encode_example(ex, tokenizer) for ex in examples]
     evals = {
         name: [encode_example(ex, tokenizer) for ex in exs]
