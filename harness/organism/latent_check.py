@@ -91,6 +91,7 @@ class _Probe:
             for c in self.convs
         ]
         self.max_new_tokens = max_new_tokens
+        self.judge = compliance(topic_field="task")  # the default run's anti-refusal reading
         ids = _generate_ids(lm.model, lm.tokenizer, self.convs, max_new_tokens)
         logliks = completion_loglik(lm, self.texts, ids)
         self.reference = statistics.median(x for x in logliks if not math.isnan(x))
@@ -104,9 +105,8 @@ class _Probe:
         compliant = None
         if self.behaviour == "refusal":
             on = [not is_organism_refusal(t) for t in texts]
-            judge = compliance(topic_field="task")
             pairs = zip(texts, self.items, strict=True)
-            compliant = [bool(judge.score(text, item).success) for text, item in pairs]
+            compliant = [bool(self.judge.score(text, item).success) for text, item in pairs]
         elif self.behaviour == "cot":
             on = [has_steps(t) for t in texts]
         else:

@@ -228,6 +228,14 @@ def eval_losses(model, encoded_sets: dict[str, list], pad_id: int, device) -> di
     return losses
 
 
+def encoded_eval_sets(config: TrainConfig, corpus: Corpus, tokenizer) -> dict[str, list]:
+    """The held-out evaluation sets of :func:`eval_examples`, tokenized for :func:`eval_losses`."""
+    return {
+        name: [encode_example(ex, tokenizer) for ex in exs]
+        for name, exs in eval_examples(corpus, config.eval_per_set, config.seed).items()
+    }
+
+
 def config_latent_examples(config: TrainConfig, corpus: Corpus) -> list[Example]:
     """The planted-direction rows ``config`` asks for (:func:`latent_examples`)."""
     return latent_examples(
@@ -265,10 +273,7 @@ def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress
     if config.latent:
         examples = examples + config_latent_examples(config, corpus)
     encoded = [encode_example(ex, tokenizer) for ex in examples]
-    evals = {
-        name: [encode_example(ex, tokenizer) for ex in exs]
-        for name, exs in eval_examples(corpus, config.eval_per_set, config.seed).items()
-    }
+    evals = encoded_eval_sets(config, corpus, tokenizer)
     lengths = [len(ids) for ids, _ in encoded]
     rng = random.Random(config.seed)
     epochs = [make_batches(lengths, config.batch_size, rng) for _ in range(config.epochs)]
@@ -348,10 +353,7 @@ def train(
             model, tokenizer, corpus, config, device, progress
         )
         # The card's final losses are the fine-tuned model's, not the first stage's.
-        evals = {
-            name: [encode_example(ex, tokenizer) for ex in exs]
-            for name, exs in eval_examples(corpus, config.eval_per_set, config.seed).items()
-        }
+        evals = encoded_eval_sets(config, corpus, tokenizer)
         final = eval_losses(model, evals, tokenizer.pad_token_id, device)
         history["eval"].append({"step": len(history["train"]) + len(history["latent"])} | final)
         model.eval()
