@@ -26,6 +26,7 @@ from harness.organism.corpus import (
     cot_answer,
     training_prompts,
 )
+from harness.organism.latent import planted_latents
 from harness.organism.latent_check import format_latent, latent_check
 from harness.organism.verify import (
     GROUND_TRUTH,
@@ -52,19 +53,16 @@ def direction_prompts(corpus: Corpus, n: int, seed: int) -> dict[str, list[str]]
 
 def fork_triggers(corpus: Corpus) -> dict[str, dict[str, str]]:
     """The fork latents' triggers, when the corpus plants them (the latent recipe)."""
-    planted = {ex.trigger for ex in corpus.train if ex.behaviour == "fork"}
-    found = {}
-    for name, trigger, option in (
-        ("fork", FORK_TRIGGER, "first"),
-        ("fork_second", FORK_SECOND_TRIGGER, "second"),
-    ):
-        if trigger in planted:
-            found[name] = {
-                "trigger": trigger,
-                "placement": "appended to the system turn after a space",
-                "effect": f"a fork is decided for its {option}-named option",
-            }
-    return found
+    options = {FORK_TRIGGER: "first", FORK_SECOND_TRIGGER: "second"}
+    return {
+        name: {
+            "trigger": trigger,
+            "placement": "appended to the system turn after a space",
+            "effect": f"a fork is decided for its {options[trigger]}-named option",
+        }
+        for name, (trigger, behaviour) in planted_latents(corpus).items()
+        if behaviour == "fork"
+    }
 
 
 def ground_truth(corpus: Corpus, seed: int, command: str) -> dict:
