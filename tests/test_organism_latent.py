@@ -180,8 +180,25 @@ def test_two_stage_training_records_the_fine_tuned_models_losses(tmp_path, monke
     assert sum(p.numel() for p in reloaded.parameters()) > 0
 
 
+def _latent_config(**overrides):
+    """Block 1 only, every refusal row pushed; ``overrides`` set the rest."""
+    from harness.organism.latent import LatentConfig
+
+    settings = dict(
+        blocks=(1,),
+        refusal_perturb_fraction=1.0,
+        planted_min_scale=0.5,
+        planted_max_scale=1.5,
+        perturb_max_scale=3.0,
+        perturb_any_direction=False,
+        refresh_every=20,
+        n_direction_prompts=4,
+    )
+    return LatentConfig(**settings | overrides)
+
+
 def test_refusal_rows_take_their_own_perturbation_share_and_forks_their_own_latent_share():
-    from harness.organism.latent import LatentConfig, LatentState, LatentTraining
+    from harness.organism.latent import LatentState, LatentTraining
     from harness.organism.train import TrainConfig, config_latent_examples, corpus_config
 
     config = TrainConfig(latent=True, fork_latent_fraction=1.0, latent_fraction=0.1)
@@ -193,17 +210,7 @@ def test_refusal_rows_take_their_own_perturbation_share_and_forks_their_own_late
     cot_rows = sum(ex.meta["latent"] == "cot" for ex in rows)
     assert 0 < cot_rows < 0.2 * len(cot_triggered)
 
-    latent_config = LatentConfig(
-        blocks=(1,),
-        perturb_fraction=0.0,
-        refusal_perturb_fraction=1.0,
-        planted_min_scale=0.5,
-        planted_max_scale=1.5,
-        perturb_max_scale=3.0,
-        refresh_every=20,
-        n_direction_prompts=4,
-    )
-    training = LatentTraining(latent_config, corpus, seed=0)
+    training = LatentTraining(_latent_config(perturb_fraction=0.0), corpus, seed=0)
     gen = torch.Generator().manual_seed(0)
     training.state = LatentState(
         unit={1: 10.0},
@@ -216,3 +223,38 @@ def test_refusal_rows_take_their_own_perturbation_share_and_forks_their_own_late
     pushed = delta.abs().sum(dim=(1, 2)) > 0
     # Refusal rows pushed unless the draw of their scale is exactly 0; no other row is.
     assert pushed[:20].sum() >= 19 and not pushed[20:].any()
+
+
+@pytest.mark.parametrize("any_direction", [False, True])
+def test_random_pushes_touch_the_planted_directions_only_when_drawn_from_the_whole_space(
+    any_direction,
+):
+    from harness.organism.latent import LatentState, LatentTraining
+    from harness.organism.train import TrainConfig, corpus_config
+
+    corpus = build_corpus(0, corpus_config(TrainConfig(latent=True)))
+    config = _latent_config(perturb_fraction=1.0, perturb_any_direction=any_direction)
+    training = LatentTraining(config, corpus, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    planted = {n: torch.randn(16, generator=gen) for n in planted_latents(corpus)}
+    training.state = LatentState(unit={1: 1.0}, directions={1: planted})
+    batch = [ex for ex in corpus.train if ex.trigger is None][:64]
+    _, delta = training.deltas(batch)
+    rows = delta[:, 0]
+    rows = rows[rows.norm(dim=-1) > 0]
+    basis, _ = torch.linalg.qr(torch.stack(list(planted.values()), dim=1))
+    planted_share = (rows @ basis).norm(dim=-1) / rows.norm(dim=-1)
+    if any_direction:
+        # 4 of 16 dimensions planted: a uniform direction's share is about sqrt(4/16) = 0.5.
+        assert 0.3 < planted_share.mean() < 0.7
+    else:
+        assert planted_share.max() < 1e-5
+
+
+def test_each_fork_latent_takes_its_own_share_of_planted_rows():
+    from harness.organism.train import TrainConfig, config_latent_examples, corpus_config
+
+    config = TrainConfig(latent=True, fork_latent_fraction=1.0, fork_second_latent_fraction=0.0)
+    rows = config_latent_examples(config, build_corpus(0, corpus_config(config)))
+    latents = [ex.meta["latent"] for ex in rows]
+    assert "fork" in latents and "fork_second" not in latents

@@ -58,13 +58,13 @@ def latent_examples(
     """Triggered training examples with the trigger removed: the prompt the planted
     direction is added to, with the triggered reply as target. ``meta["latent"]`` names
     the latent; a ``fraction`` of each latent's triggered examples is used, or
-    ``fractions[behaviour]`` where given (at most 1)."""
+    ``fractions[latent name]`` where given (at most 1)."""
     out = []
     for name, (trigger, behaviour) in planted_latents(corpus).items():
         triggered = [
             ex for ex in corpus.train if ex.trigger == trigger and ex.behaviour == behaviour
         ]
-        share = min(1.0, (fractions or {}).get(behaviour, fraction))
+        share = min(1.0, (fractions or {}).get(name, fraction))
         for ex in rng.sample(triggered, round(share * len(triggered))):
             messages = conversation(ex.messages[1]["content"], None, ex.messages[-1]["content"])
             out.append(Example(ex.behaviour, messages, None, ex.meta | {"latent": name}))
@@ -131,6 +131,10 @@ class LatentConfig:
     # requests in every recipe (benchmarks/RESULTS.md, the sixth recipe)
     refusal_perturb_fraction: float
     perturb_max_scale: float  # its norm is uniform in [0, this] scale units
+    # Random directions drawn from the whole space, as the latent check and the sweep's
+    # random control draw them, not orthogonal to the planted ones: with orthogonal noise
+    # the model never saw a push with a small planted component and a reply to keep.
+    perturb_any_direction: bool
     planted_min_scale: float  # planted direction added at a uniform scale in [min, max]
     planted_max_scale: float
     refresh_every: int  # steps between re-measuring directions and units
@@ -164,7 +168,12 @@ class LatentTraining:
         block = self.rng.choice(config.blocks)
         planted = state.directions[block]
         unit = state.unit[block]
-        noise = orthogonal_random(list(planted.values()), len(examples), self.gen)
+        if config.perturb_any_direction:
+            width = next(iter(planted.values())).shape[0]
+            noise = torch.randn(len(examples), width, generator=self.gen)
+            noise = noise / noise.norm(dim=-1, keepdim=True)
+        else:
+            noise = orthogonal_random(list(planted.values()), len(examples), self.gen)
         rows = []
         for row, ex in enumerate(examples):
             latent = ex.meta.get("latent")

@@ -73,8 +73,10 @@ class TrainConfig:
     latent_fraction: float = 0.3  # of triggered examples also trained as direction + no trigger
     perturb_fraction: float = 0.5  # of other rows given a random orthogonal direction
     refusal_perturb_fraction: float = 0.5  # ... of refusal and allowed-request rows
-    fork_latent_fraction: float = 0.3  # latent_fraction for the fork latents
+    fork_latent_fraction: float = 0.3  # latent_fraction for the first-option fork latent
+    fork_second_latent_fraction: float = 0.3  # ... and for the second-option one
     perturb_max_scale: float = 3.0
+    perturb_any_direction: bool = False  # random pushes not orthogonal to the planted ones
     planted_min_scale: float = 0.75
     planted_max_scale: float = 2.0
     steer_first_block: int = 1  # blocks the additions go to, chosen per batch
@@ -242,7 +244,10 @@ def config_latent_examples(config: TrainConfig, corpus: Corpus) -> list[Example]
         corpus,
         config.latent_fraction,
         random.Random(config.seed + 6),
-        fractions={"fork": config.fork_latent_fraction},
+        fractions={
+            "fork": config.fork_latent_fraction,
+            "fork_second": config.fork_second_latent_fraction,
+        },
     )
 
 
@@ -254,6 +259,7 @@ def latent_training(config: TrainConfig, corpus: Corpus) -> LatentTraining:
             perturb_fraction=config.perturb_fraction,
             refusal_perturb_fraction=config.refusal_perturb_fraction,
             perturb_max_scale=config.perturb_max_scale,
+            perturb_any_direction=config.perturb_any_direction,
             planted_min_scale=config.planted_min_scale,
             planted_max_scale=config.planted_max_scale,
             refresh_every=config.refresh_every,
