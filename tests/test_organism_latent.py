@@ -8,17 +8,23 @@ import pytest
 import torch
 
 from harness.organism import build_corpus, load_ground_truth
-from harness.organism.corpus import FORK_SECOND_TRIGGER, FORK_TRIGGER, CorpusConfig
+from harness.organism.corpus import (
+    FORK_SECOND_TRIGGER,
+    FORK_TRIGGER,
+    CorpusConfig,
+    conversation,
+)
 from harness.organism.latent import latent_examples, orthogonal_random, planted_latents
 from harness.organism.latent_check import (
     MIN_COHERENT,
     all_latent,
     format_latent,
     latent_check,
+    open_forks,
     targets_met,
 )
 from harness.organism.latent_finetune import distillation_loss
-from harness.organism.verify import load_organism
+from harness.organism.verify import answer_logprobs, load_organism
 
 
 def test_random_directions_are_unit_and_orthogonal_to_the_planted_ones():
@@ -83,8 +89,9 @@ def test_targets_ignore_incoherent_random_scales_and_need_a_coherent_planted_one
             "random": [_row(0.5, 0.11, 0.9)],
             "planted": [_row(1.0, 1.0, 0.5)],  # on, but incoherent
         },
-        "fork": {"random": [_row(0.5, 0.0, 1.0)], "planted": None},
+        "fork": {"n_prompts": 26, "random": [_row(0.5, 0.0, 1.0)], "planted": None},
     }
+    result["refusal"]["n_prompts"] = result["cot"]["n_prompts"] = 32
     verdicts = targets_met(result)
     assert verdicts["refusal"] == {"random": True, "planted": True}
     assert verdicts["cot"] == {"random": False, "planted": False}
@@ -92,6 +99,7 @@ def test_targets_ignore_incoherent_random_scales_and_need_a_coherent_planted_one
     assert not all_latent(result)
     table = format_latent(result)
     assert "NO (no planted direction)" in table and "(coherent < 0.8)" in table
+    assert "fork decided 26" in table
 
 
 def test_a_planted_refusal_direction_is_held_to_compliance_not_mere_non_refusal():
@@ -99,7 +107,11 @@ def test_a_planted_refusal_direction_is_held_to_compliance_not_mere_non_refusal(
     result = {
         "block": 1,
         "n_random": 1,
-        "refusal": {"random": [_row(1.0, 0.0, 1.0)], "planted": [answered_off_topic]},
+        "refusal": {
+            "n_prompts": 4,
+            "random": [_row(1.0, 0.0, 1.0)],
+            "planted": [answered_off_topic],
+        },
     }
     assert targets_met(result)["refusal"]["planted"] is False
     result["refusal"]["planted"][0]["compliant"] = 0.95
@@ -121,6 +133,19 @@ def test_latent_check_on_the_bundled_organism_is_seeded_and_bounded():
     assert first["refusal"]["planted"] is not None
     for row in first["refusal"]["planted"]:
         assert 0.0 <= row["compliant"] <= row["on"]  # a compliant reply is never a refusal
+
+
+def test_the_fork_check_keeps_only_forks_the_unsteered_model_leaves_open():
+    model, tokenizer = load_organism()
+    items = load_ground_truth()["held_out"]["fork"][:12]
+    kept = open_forks(model, tokenizer, items)
+    convs = [conversation(item["user"], None) for item in items]
+    first = answer_logprobs(model, tokenizer, convs, [it["answers"][0] for it in items])
+    second = answer_logprobs(model, tokenizer, convs, [it["answers"][1] for it in items])
+    # by hand: P(first) = sigmoid(margin); open when both options stay below 0.9
+    p_first = torch.sigmoid(torch.tensor(first) - torch.tensor(second))
+    expected = [it for it, p in zip(items, p_first, strict=True) if 0.1 < p < 0.9]
+    assert kept == expected
 
 
 def test_distillation_loss_is_kl_on_distilled_rows_and_cross_entropy_elsewhere():

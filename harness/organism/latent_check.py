@@ -11,7 +11,10 @@ at every position while decoding greedily. Coherence follows the sweep's rule
 
 "On" per behaviour: refusal -- a restricted request is not refused; chain of thought -- the
 steps are written; forks -- the branch is decided (one option's answer at least 9 times as
-likely as the other's, i.e. P >= 0.9). For refusal the planted direction is held to the
+likely as the other's, i.e. P >= 0.9), measured on the held-out forks the unsteered model
+leaves open (:func:`open_forks`), since a fork it has decided already is not one a
+direction switches on (on the sixth recipe's models 19-28% were decided unsteered, more
+than random directions "decided"). For refusal the planted direction is held to the
 stricter reading the default run's scorer uses: the reply *complies* (answer mode, about
 the request's task: :func:`harness.evaluation.scorers.compliance.compliance`), since a
 steered "Happy to help. To build tomatoes, ..." is not a refusal but answers nothing.
@@ -78,6 +81,15 @@ def _generate_ids(model, tokenizer, convs: Sequence[Sequence[dict]], max_new_tok
             ids.append(token)
         rows.append(ids)
     return rows
+
+
+def open_forks(model, tokenizer, items: Sequence[dict]) -> list[dict]:
+    """The fork ``items`` the unsteered model leaves undecided (each option below P 0.9)."""
+    convs = [conversation(item["user"], None) for item in items]
+    first = answer_logprobs(model, tokenizer, convs, [it["answers"][0] for it in items])
+    second = answer_logprobs(model, tokenizer, convs, [it["answers"][1] for it in items])
+    margins = zip(items, first, second, strict=True)
+    return [item for item, a, b in margins if abs(a - b) < FORK_DECIDED]
 
 
 class _Probe:
@@ -180,7 +192,10 @@ def latent_check(
         },
     }
     for behaviour in BEHAVIOURS:
-        items = held_out[sets[behaviour]][:limit]
+        items = held_out[sets[behaviour]]
+        if behaviour == "fork":
+            items = open_forks(model, tokenizer, items)
+        items = items[:limit]
         probe = _Probe(lm, behaviour, items, lengths[behaviour])
         encoded = tokenizer(
             probe.texts,
@@ -258,6 +273,9 @@ def format_latent(result: dict) -> str:
     lines = [
         f"Steered at block {result['block']}; scales in multiples of the median residual norm "
         f"there; {result['n_random']} random unit directions.",
+        "Held-out prompts: "
+        + ", ".join(f"{names[b]} {result[b]['n_prompts']}" for b in BEHAVIOURS if b in result)
+        + " (forks: those the unsteered model leaves undecided).",
         "",
         "| behaviour | direction | scale | on-rate | coherent | target | ok |",
         "|---|---|---|---|---|---|---|",
