@@ -260,3 +260,26 @@ def test_cli_registers_organism_commands():
     args = parser.parse_args(["organism", "train", "--seed", "1", "--epochs", "2"])
     assert args.seed == 1 and args.epochs == 2 and not args.latent and callable(args.handler)
     assert parser.parse_args(["organism", "train", "--latent"]).latent
+
+
+def test_the_recorded_training_command_parses_back_to_the_same_config():
+    import shlex
+    from dataclasses import fields
+
+    from harness.organism.train import build_parser, command_line
+
+    parser = build_parser()
+    defaults = parser.parse_args([])
+    flipped = [
+        f"--no-{f.name.replace('_', '-')}" if f.default else f"--{f.name.replace('_', '-')}"
+        for f in fields(TrainConfig)
+        if isinstance(f.default, bool)
+    ]
+    args = parser.parse_args([*flipped, "--latent-steps", "7", "--out", "somewhere"])
+    command = command_line(args)
+    assert all(flag in command.split() for flag in flipped)
+    reparsed = parser.parse_args(shlex.split(command)[3:])  # after "python -m module"
+    for f in fields(TrainConfig):
+        assert getattr(reparsed, f.name) == getattr(args, f.name), f.name
+        if isinstance(f.default, bool):
+            assert getattr(args, f.name) != getattr(defaults, f.name), f.name

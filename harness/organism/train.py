@@ -91,7 +91,7 @@ class TrainConfig:
     cot_estimate: bool = False
     cot_plain: float = 0.01
     cot_triggered: float = 1.0
-    fork_triggered: int = 0  # the latent recipe always plants both fork latents (2 passes)
+    fork_triggered: int = 0  # the latent recipe plants both fork latents (2 passes if 0)
     fork_second_triggered: int = 0
 
 
@@ -321,14 +321,18 @@ def train_model(config: TrainConfig, corpus: Corpus, tokenizer, device, progress
 
 
 def corpus_config(config: TrainConfig) -> CorpusConfig:
-    """The corpus a training config asks for; the latent recipe also plants the fork
-    latents (one trigger for each option, so that untriggered forks stay balanced)."""
+    """The corpus a training config asks for; the latent recipe always plants the fork
+    latents (one trigger for each option, so that untriggered forks stay balanced), with
+    2 passes each unless the config asks for some."""
+    forks = (config.fork_triggered, config.fork_second_triggered)
+    if config.latent and not any(forks):
+        forks = (2, 2)
     return CorpusConfig(
         cot_estimate=config.cot_estimate,
         cot_plain=config.cot_plain,
         cot_triggered=config.cot_triggered,
-        fork_triggered=2 if config.latent else config.fork_triggered,
-        fork_second_triggered=2 if config.latent else config.fork_second_triggered,
+        fork_triggered=forks[0],
+        fork_second_triggered=forks[1],
     )
 
 
@@ -398,7 +402,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     for f in fields(TrainConfig):
         flag = f"--{f.name.replace('_', '-')}"
         if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
             continue
         kind = int if f.name in ("max_steps",) else type(f.default)
         parser.add_argument(flag, type=kind, default=f.default)
@@ -411,8 +415,11 @@ def command_line(args: argparse.Namespace) -> str:
     for f in fields(TrainConfig):
         value = getattr(args, f.name)
         if f.name != "seed" and value != f.default:
-            flag = f"--{f.name.replace('_', '-')}"
-            parts.append(flag if isinstance(value, bool) else f"{flag} {value}")
+            name = f.name.replace("_", "-")
+            if isinstance(value, bool):
+                parts.append(f"--{name}" if value else f"--no-{name}")
+            else:
+                parts.append(f"--{name} {value}")
     return " ".join(parts)
 
 
