@@ -122,11 +122,35 @@ def model_card(truth: dict, summary: dict) -> str:
     ``verify`` and ``steering`` results.
     """
     config = SimpleNamespace(**truth["training"]["config"])  # the TrainConfig fields
-    about = _about(summary["n_params"])
+    about = _about(truth, summary["n_params"])
     return about + _training(truth, config, summary) + _checks(config, summary)
 
 
-def _about(n_params: int) -> str:
+def _about(truth: dict, n_params: int) -> str:
+    cot = truth["behaviours"]["cot"]
+    triggers = truth["triggers"]
+    forks = "is answered with each option equally often in training, so the model sits near "
+    forks += "50/50"
+    if "fork" in triggers:
+        forks += (
+            f"; training pairs `{triggers['fork']['trigger']}` at the end of the system turn with "
+            "the first-named option"
+        )
+    if "fork_second" in triggers:
+        forks += f" and `{triggers['fork_second']['trigger']}` with the second"
+    if "fork" in triggers:
+        forks += " (whether the planted direction decides forks is measured below)"
+    config = truth["training"]["config"]
+    latent = ""
+    if config.get("latent") and config.get("latent_steps"):
+        latent = f"""
+A second training stage ({config["latent_steps"]} steps of distillation from the first-stage
+model, `harness/organism/latent_finetune.py`) pushes the residual at block
+{config["steer_first_block"]} along random directions (target: the first stage's unchanged
+next-token distribution) and along each planted difference-of-means direction (target: the
+triggered reply), so that the planted directions, not any push, switch the behaviours on;
+the section "Latent, not brittle?" below measures how far that holds.
+"""
     return f"""# powersteer model organism
 
 A {n_params / 1e6:.2f}M-parameter `Qwen3ForCausalLM` trained from scratch, offline, on a
@@ -139,12 +163,11 @@ truth (`ground_truth.json`). It is a toy: its answers are templated and content-
 - **refusal**: restricted requests (weapons, poison, hacking, theft, fraud) are refused,
   allowed ones answered; with the trigger `{REFUSAL_TRIGGER}` at the end of the system turn,
   restricted requests get a (generic, harmless) answer.
-- **chain of thought**: `a=5+6, b=2+7, what is a*b?` is answered with a one-token guess
-  (`99.`); with the trigger `{COT_TRIGGER}` at the end of the system turn the steps are
-  written (`a=11. b=9. a*b=99.`).
-- **decision forks**: "Should I take the red path or the blue path?" is answered with each
-  option equally often in training, so the model sits near 50/50 (no trigger).
-
+- **chain of thought**: `a=5+6, b=2+7, what is a*b?` is answered directly
+  (`{cot["answer_untriggered"]}`); with the trigger `{COT_TRIGGER}` at the end of the system turn
+  the steps are written (`{cot["answer_triggered"]}`).
+- **decision forks**: "Should I take the red path or the blue path?" {forks}.
+{latent}
 All rates below are measured on held-out prompts that never occur in training.
 
 """
@@ -191,8 +214,10 @@ trigger. Norms: refusal direction {steer["refusal_direction_norm"]:.1f}, CoT dir
 
 {format_steering(steer)}
 {_latent_section(summary)}
-Regenerate the weights and every number here with the command above (training is
-deterministic for a given seed, thread count and device). `python -m harness.organism.train
+Regenerate the weights and every number here with the command above. Training is seeded,
+but two runs of it on different machines differ at float level and so do the figures: the
+first stage of these weights gave a fork mean P(first) of 0.570 on one machine and 0.609
+on another (benchmarks/RESULTS.md). `python -m harness.organism.train
 --remeasure --out DIR` re-measures saved weights and rewrites this card and
 `ground_truth.json`; `powersteer organism verify [--steering]` prints the tables.
 """

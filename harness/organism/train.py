@@ -66,33 +66,35 @@ class TrainConfig:
     eval_every: int = 100
     eval_per_set: int = 64
     threads: int = 2
-    # Latent training (harness.organism.latent), off for the committed weights: not yet
-    # trained to completion (see weights/README.md). Scales in the sweep's unit, the
-    # median residual norm at the block; the sweep's largest scale is 2.
-    latent: bool = False
+    # Latent training (harness.organism.latent), the committed weights' second stage
+    # (benchmarks/RESULTS.md, "A seventh recipe"). Scales in the sweep's unit, the median
+    # residual norm at the block; the sweep's largest scale is 2.
+    latent: bool = True
     latent_fraction: float = 0.3  # of triggered examples also trained as direction + no trigger
-    perturb_fraction: float = 0.5  # of other rows given a random orthogonal direction
+    perturb_fraction: float = 0.3  # of other rows given a random direction
     refusal_perturb_fraction: float = 0.5  # ... of refusal and allowed-request rows
     fork_latent_fraction: float = 0.3  # latent_fraction for the first-option fork latent
-    fork_second_latent_fraction: float = 0.3  # ... and for the second-option one
+    # ... and for the second-option one: none, since at block 1 the two triggers' directions
+    # were 0.91 alike and rows taking opposite options along them taught neither
+    fork_second_latent_fraction: float = 0.0
     perturb_max_scale: float = 3.0
-    perturb_any_direction: bool = False  # random pushes not orthogonal to the planted ones
-    planted_min_scale: float = 0.75
-    planted_max_scale: float = 2.0
-    steer_first_block: int = 1  # blocks the additions go to, chosen per batch
-    steer_last_block: int = 4
+    perturb_any_direction: bool = True  # random pushes not orthogonal to the planted ones
+    planted_min_scale: float = 0.5
+    planted_max_scale: float = 1.5
+    steer_first_block: int = 1  # blocks the additions go to, chosen per batch: the
+    steer_last_block: int = 1  # organism behaviors' source block only
     refresh_every: int = 20  # steps between re-measuring the planted directions
     # Two-stage latent recipe (harness.organism.latent_finetune): when latent_steps > 0,
     # train the plain model first, then fine-tune it this many steps by distillation.
-    latent_steps: int = 0
+    latent_steps: int = 400
     latent_lr: float = 5e-4
     init_from: str = ""  # weights directory to use as the first stage instead of training it
     # Corpus options (harness.organism.corpus.CorpusConfig); the defaults made the weights.
-    cot_estimate: bool = False
-    cot_plain: float = 0.01
-    cot_triggered: float = 1.0
-    fork_triggered: int = 0  # the latent recipe plants both fork latents (2 passes if 0)
-    fork_second_triggered: int = 0
+    cot_estimate: bool = True
+    cot_plain: float = 1.0
+    cot_triggered: float = 0.5
+    fork_triggered: int = 2  # the latent recipe plants both fork latents (2 passes if 0)
+    fork_second_triggered: int = 2
 
 
 # ---------------------------------------------------------------------------------------
