@@ -8,8 +8,10 @@ Two things happen while training (see :class:`LatentTraining`):
   then trained with that direction added to the residual, scaled to a multiple of the
   block's median residual norm, and the *triggered* reply as target.
 * **random directions are made inert.** Other rows get a random direction added, at a norm
-  up to beyond the sweep's largest scale and orthogonal to every planted direction at that
-  block, with their own (usually untriggered) reply as target.
+  up to beyond the sweep's largest scale, with their own (usually untriggered) reply as
+  target. The direction is uniform over the whole space, as the latent check and the
+  sweep's random control draw theirs (``perturb_any_direction``), or else orthogonal to
+  every planted direction at that block.
 
 Scales here use the sweep's unit: the median over real tokens of the residual norm at the
 block (:func:`harness.engine.steering.scale_unit`).

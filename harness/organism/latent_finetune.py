@@ -5,8 +5,8 @@ Training from scratch with random residual perturbations and the dataset's reply
 behaviours on, and made the model fall back on its most frequent reply. This stage starts
 from a trained plain model (the *teacher*, frozen) and fine-tunes a copy of it so that
 
-* a random direction added to the residual (orthogonal to the planted ones, at norms up to
-  beyond the sweep's largest scale) leaves the next-token distribution on every reply token
+* a random direction added to the residual (at norms up to beyond the sweep's largest
+  scale; see :mod:`harness.organism.latent`) leaves the next-token distribution on every reply token
   where the teacher has it on the *clean* prompt -- a KL term, not the dataset's one reply;
 * the planted (difference-of-means) direction added to an untriggered prompt gives the
   triggered reply (cross-entropy, as in the from-scratch recipe);
