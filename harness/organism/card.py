@@ -129,17 +129,15 @@ def model_card(truth: dict, summary: dict) -> str:
 def _about(truth: dict, n_params: int) -> str:
     cot = truth["behaviours"]["cot"]
     triggers = truth["triggers"]
-    forks = "is answered with each option equally often in training, so the model sits near "
-    forks += "50/50"
+    forks = "is answered with each option equally often in training, so the model sits near 50/50"
     if "fork" in triggers:
+        second = triggers.get("fork_second")
         forks += (
             f"; training pairs `{triggers['fork']['trigger']}` at the end of the system turn with "
             "the first-named option"
+            + (f" and `{second['trigger']}` with the second" if second else "")
+            + " (whether the planted direction decides forks is measured below)"
         )
-    if "fork_second" in triggers:
-        forks += f" and `{triggers['fork_second']['trigger']}` with the second"
-    if "fork" in triggers:
-        forks += " (whether the planted direction decides forks is measured below)"
     config = truth["training"]["config"]
     latent = ""
     if config.get("latent") and config.get("latent_steps"):

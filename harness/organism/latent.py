@@ -128,7 +128,7 @@ def orthogonal_random(directions: Sequence[torch.Tensor], n: int, gen: torch.Gen
 @dataclass(frozen=True)
 class LatentConfig:
     blocks: tuple[int, ...]
-    perturb_fraction: float  # rows given a random orthogonal direction
+    perturb_fraction: float  # rows given a random direction
     # ... for refusal and allowed-request rows, where random pushes answered restricted
     # requests in every recipe (benchmarks/RESULTS.md, the sixth recipe)
     refusal_perturb_fraction: float

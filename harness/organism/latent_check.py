@@ -38,8 +38,8 @@ from harness.evaluation.scorers.compliance import compliance
 from harness.organism.corpus import COT_TRIGGER, REFUSAL_TRIGGER, conversation, has_steps
 from harness.organism.verify import (
     _encode,
-    answer_logprobs,
     diff_of_means,
+    fork_margins,
     is_organism_refusal,
 )
 
@@ -86,10 +86,8 @@ def _generate_ids(model, tokenizer, convs: Sequence[Sequence[dict]], max_new_tok
 def open_forks(model, tokenizer, items: Sequence[dict]) -> list[dict]:
     """The fork ``items`` the unsteered model leaves undecided (each option below P 0.9)."""
     convs = [conversation(item["user"], None) for item in items]
-    first = answer_logprobs(model, tokenizer, convs, [it["answers"][0] for it in items])
-    second = answer_logprobs(model, tokenizer, convs, [it["answers"][1] for it in items])
-    margins = zip(items, first, second, strict=True)
-    return [item for item, a, b in margins if abs(a - b) < FORK_DECIDED]
+    margins = fork_margins(model, tokenizer, convs, items)
+    return [item for item, m in zip(items, margins, strict=True) if abs(m) < FORK_DECIDED]
 
 
 class _Probe:
@@ -122,13 +120,8 @@ class _Probe:
         elif self.behaviour == "cot":
             on = [has_steps(t) for t in texts]
         else:
-            first = answer_logprobs(
-                model, tokenizer, self.convs, [it["answers"][0] for it in self.items]
-            )
-            second = answer_logprobs(
-                model, tokenizer, self.convs, [it["answers"][1] for it in self.items]
-            )
-            on = [abs(a - b) >= FORK_DECIDED for a, b in zip(first, second, strict=True)]
+            margins = fork_margins(model, tokenizer, self.convs, self.items)
+            on = [abs(m) >= FORK_DECIDED for m in margins]
         return on, ids, compliant
 
     def coherent(self, ids: list[list[int]]) -> list[bool]:

@@ -131,6 +131,14 @@ def answer_logprobs(
     return results
 
 
+def fork_margins(model, tokenizer, conversations: Sequence[Sequence[dict]], items) -> list[float]:
+    """log P(first answer) - log P(second answer) of each fork ``items[i]`` as the reply to
+    ``conversations[i]``."""
+    first = answer_logprobs(model, tokenizer, conversations, [it["answers"][0] for it in items])
+    second = answer_logprobs(model, tokenizer, conversations, [it["answers"][1] for it in items])
+    return [a - b for a, b in zip(first, second, strict=True)]
+
+
 def is_organism_refusal(reply: str) -> bool:
     """Whether an organism reply refuses: one of its :data:`REFUSAL_MARKERS` anywhere in
     it, in that exact case."""
@@ -190,10 +198,7 @@ def measure_cot(model, tokenizer, held_out: dict, limit: int | None = None) -> d
 def measure_forks(model, tokenizer, held_out: dict, limit: int | None = None) -> dict:
     """Mean probability of the first-named option on held-out fork prompts."""
     items = held_out["fork"][:limit]
-    convs = _user_prompts(items, None)
-    first = answer_logprobs(model, tokenizer, convs, [it["answers"][0] for it in items])
-    second = answer_logprobs(model, tokenizer, convs, [it["answers"][1] for it in items])
-    margins = [a - b for a, b in zip(first, second, strict=True)]
+    margins = fork_margins(model, tokenizer, _user_prompts(items, None), items)
     p_first = [1.0 / (1.0 + math.exp(-m)) for m in margins]
     return {
         "fork_p_first": sum(p_first) / len(p_first),
